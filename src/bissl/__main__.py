@@ -1,0 +1,7 @@
+"""``python -m bissl`` (and ``torchrun -m bissl``) runs the command-line tool."""
+
+import sys
+
+from bissl.cli import main
+
+sys.exit(main())

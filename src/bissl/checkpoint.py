@@ -1,0 +1,113 @@
+"""Atomic checkpoints: temporary file, fsync, rename; loaded with ``weights_only=True``.
+
+A checkpoint is a dict of tensors, plain containers and numbers. Its ``meta`` entry records what wrote
+it (stage, architecture) so that a foreign or incompatible file is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bissl.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically: a crash mid-write leaves the previous file at ``path`` intact."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_checkpoint(path: str | Path, *, expect_stage: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely; truncated, foreign or wrong-stage files raise CheckpointError."""
+    source = Path(path)
+    if not source.is_file():
+        raise CheckpointError(
+            f"checkpoint '{source}' does not exist; check the path or run the stage that writes it"
+        )
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint '{source}' cannot be read ({reason}); it is truncated or not a bissl checkpoint"
+        ) from None
+    if not isinstance(state, dict) or "meta" not in state or not isinstance(state["meta"], dict):
+        raise CheckpointError(f"checkpoint '{source}' is not a bissl checkpoint (no 'meta' entry)")
+    stage = state["meta"].get("stage")
+    if expect_stage is not None:
+        allowed = (expect_stage,) if isinstance(expect_stage, str) else expect_stage
+        if stage not in allowed:
+            raise CheckpointError(
+                f"checkpoint '{source}' was written by stage '{stage}', expected {' or '.join(allowed)}"
+            )
+    return state
+
+
+def make_meta(stage: str, architecture: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The ``meta`` entry: stage name, format version and the architecture that produced the weights."""
+    return {"stage": stage, "format": FORMAT_VERSION, "architecture": dict(architecture), **extra}
+
+
+def check_architecture(state: dict[str, Any], architecture: dict[str, Any], source: str | Path) -> None:
+    """Refuse a checkpoint whose architecture differs from the configured one, naming the first mismatch."""
+    saved = state["meta"].get("architecture", {})
+    for key in sorted(set(saved) | set(architecture)):
+        if saved.get(key) != architecture.get(key):
+            raise CheckpointError(
+                f"checkpoint '{source}' has model.{key}={saved.get(key)!r} but the config says "
+                f"{architecture.get(key)!r}; use a matching config or checkpoint"
+            )
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state that training touches, in a weights_only-loadable form."""
+    np_state: Any = np.random.get_state()
+    python_state: Any = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(python_state[1]),
+        "python_version": python_state[0],
+        "python_gauss": python_state[2],
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], int(has_gauss), float(gauss)))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,82 @@
+"""Statistics over seeds: mean ± std per arm and a paired comparison of two arms (SPEC §6).
+
+Runs are paired by seed: a[i] and b[i] share the seed (and everything else but the arm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _as_floats(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """One-dimensional float64 array of finite values, at least one."""
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.size == 0:
+        raise ValueError(f"{name} needs at least one value")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} has non-finite values: {array.tolist()}")
+    return array
+
+
+def _finite_or_none(value: float) -> float | None:
+    """The value as a float, or None when it is NaN (a test that is undefined for the data)."""
+    return None if math.isnan(value) else float(value)
+
+
+def summarize(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """{"mean", "std", "n", "values"}: the sample std (ddof=1) when n > 1, else 0."""
+    array = _as_floats(values, "summarize")
+    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    return {"mean": float(array.mean()), "std": std, "n": int(array.size), "values": array.tolist()}
+
+
+def format_summary(summary: dict[str, Any], digits: int = 2) -> str:
+    """ "mean ± std (n=...)" for tables."""
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f} (n={summary['n']})"
+
+
+def paired_comparison(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Compare arm b with arm a over paired seeds: mean difference b − a, its t-interval and two p-values.
+
+    Returns "mean_difference", "std_difference" (ddof=1), "ci_low"/"ci_high" (Student-t interval at
+    ``confidence``, also returned), "t_pvalue" (two-sided paired t-test, scipy.stats.ttest_rel),
+    "wilcoxon_pvalue" (two-sided signed-rank test, scipy.stats.wilcoxon, zero differences dropped) and "n".
+    The interval is None when n < 2; the t p-value is None when n < 2 or all differences are equal (no
+    spread: the t statistic is undefined or infinite); the Wilcoxon p-value is None when n < 2 or all
+    differences are zero.
+    """
+    from scipy import stats
+
+    first, second = _as_floats(a, "paired_comparison a"), _as_floats(b, "paired_comparison b")
+    if first.shape != second.shape:
+        raise ValueError(f"paired_comparison needs equally many values, got {first.size} and {second.size}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    differences = second - first
+    count = int(differences.size)
+    result: dict[str, Any] = {
+        "mean_difference": float(differences.mean()),
+        "std_difference": float(differences.std(ddof=1)) if count > 1 else 0.0,
+        "ci_low": None,
+        "ci_high": None,
+        "t_pvalue": None,
+        "wilcoxon_pvalue": None,
+        "n": count,
+        "confidence": confidence,
+    }
+    if count < 2:
+        return result
+    half_width = stats.t.ppf(0.5 + confidence / 2, df=count - 1) * result["std_difference"] / math.sqrt(count)
+    result["ci_low"] = result["mean_difference"] - float(half_width)
+    result["ci_high"] = result["mean_difference"] + float(half_width)
+    if result["std_difference"] > 0:
+        result["t_pvalue"] = _finite_or_none(float(stats.ttest_rel(second, first).pvalue))
+    if np.any(differences != 0):
+        result["wilcoxon_pvalue"] = _finite_or_none(float(stats.wilcoxon(second, first).pvalue))
+    return result

@@ -1,0 +1,261 @@
+"""``bissl compare``: the conventional pipeline and BiSSL side by side from one pretext checkpoint.
+
+Parts (each skipped when its output exists, so an interrupted comparison resumes where it stopped):
+pretrain → baseline search → baseline seeds; warm-up → bilevel → BiSSL search → BiSSL seeds;
+alignment probes and t-SNE of both backbones; statistics; results.json and report.html.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bissl import distributed
+from bissl.config import Config, to_dict
+from bissl.errors import ConfigError
+from bissl.runtime import GracefulStop, RunDir, say
+
+ARMS = ("baseline", "bissl")
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    file = path / "summary.json"
+    if file.is_file():
+        return dict(json.loads(file.read_text()))
+    return None
+
+
+def _read_metrics(path: Path, stage: str) -> list[dict[str, Any]]:
+    file = path / "metrics.jsonl"
+    if not file.is_file():
+        return []
+    records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("stage") == stage]
+
+
+class _Parts:
+    """Runs named parts once, records their wall time, and skips those whose summary exists."""
+
+    def __init__(self, root: Path, stop: GracefulStop) -> None:
+        self.root = root
+        self.stop = stop
+        self.timings_file = root / "timings.json"
+        self.timings: dict[str, float] = (
+            json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
+        )
+
+    def run(self, name: str, folder: Path, config: Config, stage: Any) -> dict[str, Any]:
+        done = _read_summary(folder)
+        if done is not None:
+            say(f"compare: {name} already done, skipped")
+            return done
+        say(f"compare: {name}")
+        started = time.perf_counter()
+        run = RunDir(folder, config, resume=True, force=True)
+        stage(config, run, stop=self.stop, resume=True)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+        if distributed.is_main():
+            self.timings_file.write_text(json.dumps(self.timings, indent=2))
+        summary = _read_summary(folder)
+        return summary if summary is not None else {}
+
+
+def _pretrain_part(parts: _Parts, config: Config, name: str, folder: Path) -> str:
+    from bissl.train.pretrain import pretrain
+
+    parts.run(name, folder, config, pretrain)
+    return str(folder / "checkpoints" / "pretext.pt")
+
+
+def _arm_part(parts: _Parts, arm: str, config: Config, backbone: str) -> dict[str, Any]:
+    """Search then seeds for one arm's backbone; returns the arm's results block."""
+    from bissl.train.search import search
+
+    arm_config = dataclasses.replace(config, backbone=backbone)
+    summary = parts.run(f"{arm} search + seeds", parts.root / arm / "finetune", arm_config, search)
+    return {"backbone": backbone, **{k: summary.get(k) for k in ("search", "seeds", "summary")}}
+
+
+def compare(
+    config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
+) -> dict[str, Any]:
+    """Run both arms, the analyses and the statistics; write results.json and report.html."""
+    from bissl.eval.stats import paired_comparison
+    from bissl.train.bilevel_stage import train_bilevel
+    from bissl.train.warmup import warmup
+
+    stop = stop or GracefulStop()
+    root = run.path
+    parts = _Parts(root, stop)
+    started = time.perf_counter()
+    base_steps_config = config
+    if config.pretext_checkpoint is not None:
+        pretext = config.pretext_checkpoint
+        if config.compare.fairness == "extra-pretext":
+            raise ConfigError(
+                "compare.fairness=extra-pretext needs compare to run the pretraining itself; drop pretext_checkpoint"
+            )
+    else:
+        pretext = _pretrain_part(parts, config, "pretrain", root / "pretrain")
+    arms: dict[str, dict[str, Any]] = {}
+    backbones: dict[str, str] = {}
+    if "baseline" in config.compare.arms:
+        baseline_pretext = pretext
+        if config.compare.fairness == "extra-pretext":
+            extra = config.bilevel.alternations * config.bilevel.lower_steps
+            base_steps = _pretrain_steps(base_steps_config)
+            longer = dataclasses.replace(
+                config, pretrain=dataclasses.replace(config.pretrain, steps=base_steps + extra)
+            )
+            baseline_pretext = _pretrain_part(
+                parts, longer, "pretrain (baseline, extra steps)", root / "pretrain-baseline"
+            )
+        backbones["baseline"] = baseline_pretext
+        arms["baseline"] = _arm_part(parts, "baseline", config, baseline_pretext)
+    bissl_config = dataclasses.replace(config, pretext_checkpoint=pretext)
+    if "bissl" in config.compare.arms:
+        parts.run("warm-up", root / "bissl" / "warmup", bissl_config, warmup)
+        head = str(root / "bissl" / "warmup" / "checkpoints" / "head.pt")
+        bilevel_config = dataclasses.replace(bissl_config, head_checkpoint=head)
+        parts.run("bilevel", root / "bissl" / "bilevel", bilevel_config, train_bilevel)
+        lower = str(root / "bissl" / "bilevel" / "lower_backbone.pt")
+        backbones["bissl"] = lower
+        arms["bissl"] = _arm_part(parts, "bissl", config, lower)
+
+    probes, figures = _alignment_part(parts, config, backbones)
+    comparison: dict[str, Any] = {}
+    if "baseline" in arms and "bissl" in arms:
+        base_seeds = {s["seed"]: s for s in arms["baseline"].get("seeds") or []}
+        bissl_seeds = {s["seed"]: s for s in arms["bissl"].get("seeds") or []}
+        common = sorted(set(base_seeds) & set(bissl_seeds))
+        metrics = sorted({k for s in base_seeds.values() for k in s if k.startswith("test_")})
+        for metric in metrics:
+            a = [float(base_seeds[i][metric]) for i in common]
+            b = [float(bissl_seeds[i][metric]) for i in common]
+            if common:
+                paired = paired_comparison(a, b)
+                comparison[metric] = paired | {"ci95": [paired["ci_low"], paired["ci_high"]]}
+    results = {
+        "title": f"BiSSL vs conventional pipeline: {config.data.pretext} -> {config.data.downstream}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "primary_metric": _primary_metric(arms),
+        "datasets": {"pretext": config.data.pretext, "downstream": config.data.downstream},
+        "config": to_dict(config),
+        "arms": arms,
+        "comparison": comparison,
+        "probes": probes,
+        "figures": figures,
+        "curves": {
+            "pretrain": _read_metrics(root / "pretrain", "pretrain"),
+            "bilevel": _read_metrics(root / "bissl" / "bilevel", "bilevel"),
+            "finetune": {arm: _seed_curve(root / arm / "finetune") for arm in arms},
+        },
+        "timings": parts.timings | {"total (this invocation)": time.perf_counter() - started},
+        "fairness": config.compare.fairness,
+    }
+    run.write_json("results.json", results)
+    report_path = None
+    if distributed.is_main():
+        from bissl.report import write_report
+
+        report_path = write_report(root)
+        print(format_table(results))
+        print(f"report: {report_path}")
+    run.write_summary({"stage": "compare", "results": str(root / "results.json"), "report": str(report_path)})
+    return results
+
+
+def _pretrain_steps(config: Config) -> int:
+    """The step count a pretraining run of ``config`` takes (needed for the extra-pretext fairness mode)."""
+    if config.pretrain.steps is not None:
+        return config.pretrain.steps
+    from bissl.train.common import load_data
+
+    data = load_data(config, "pretext", "train")
+    return config.pretrain.epochs * max(
+        1, len(data) // (config.pretrain.batch_size * distributed.world_size())
+    )
+
+
+def _seed_curve(folder: Path) -> list[dict[str, Any]]:
+    """Validation curve of the first seed run of an arm."""
+    seeds = sorted((folder / "seeds").glob("seed-*")) if (folder / "seeds").is_dir() else []
+    return _read_metrics(seeds[0], "finetune") if seeds else []
+
+
+def _primary_metric(arms: dict[str, dict[str, Any]]) -> str:
+    for arm in arms.values():
+        summary = arm.get("summary") or {}
+        if "test_map" in summary:
+            return "map"
+    return "top1"
+
+
+def _alignment_part(
+    parts: _Parts, config: Config, backbones: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """k-NN, linear probe and t-SNE of both frozen backbones on the downstream task (skipped when done)."""
+    folder = parts.root / "alignment"
+    done = _read_summary(folder)
+    if done is None:
+        from bissl.train.common import downstream_data, load_backbone_weights
+        from bissl.train.evaluate import alignment
+
+        started = time.perf_counter()
+        say("compare: alignment probes and t-SNE")
+        run = RunDir(folder, config, resume=True, force=True)
+        data, task = downstream_data(config, parts.root)
+        channels = data["train"].channels
+        models = {arm: load_backbone_weights(path, config, channels) for arm, path in backbones.items()}
+        result = alignment(config, models, data, task, folder)
+        run.write_summary({"stage": "alignment", **result})
+        parts.timings["alignment"] = time.perf_counter() - started
+        done = _read_summary(folder) or {}
+    figures = {}
+    if (folder / "tsne.png").is_file():
+        figures["tsne"] = "alignment/tsne.png"
+    probes = done.get("probes", {})
+    return probes, figures
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The short table printed at the end of compare (and shown in the README)."""
+    metric = "test_" + results["primary_metric"]
+    lines = [
+        f"{'arm':<10} {'test ' + results['primary_metric'] + ' (mean ± std)':<26} {'k-NN':>7} {'probe':>7}  lr / wd"
+    ]
+    for arm in ARMS:
+        block = results["arms"].get(arm)
+        if block is None:
+            continue
+        summary = (block.get("summary") or {}).get(metric) or {}
+        probe = results["probes"].get(arm, {})
+        best = (block.get("search") or {}).get("best") or {}
+        mean, std, n = summary.get("mean"), summary.get("std"), summary.get("n")
+        cell = f"{mean:.2f} ± {std:.2f} (n={n})" if mean is not None else "n/a"
+        knn = probe.get("knn_top1")
+        lin = probe.get("probe_top1") if probe.get("probe_top1") is not None else probe.get("probe_map")
+        lines.append(
+            f"{arm:<10} {cell:<26} {knn if knn is None else f'{knn:.2f}':>7} {lin if lin is None else f'{lin:.2f}':>7}"
+            f"  {best.get('lr', float('nan')):.3g} / {best.get('weight_decay', float('nan')):.3g}"
+        )
+    diff = results["comparison"].get(metric)
+    if diff:
+        low, high = (_signed(v) for v in diff["ci95"])
+        lines.append(
+            f"BiSSL − baseline: {diff['mean_difference']:+.2f} (95% CI {low} … {high}, "
+            f"paired t p={_p(diff.get('t_pvalue'))}, Wilcoxon p={_p(diff.get('wilcoxon_pvalue'))})"
+        )
+    return "\n".join(lines)
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"

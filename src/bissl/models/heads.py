@@ -1,0 +1,28 @@
+"""Heads: MLP projector / predictor (SimCLR, BYOL) and the linear classifier."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def mlp(
+    in_dim: int, hidden_dims: tuple[int, ...] | list[int], out_dim: int, *, last_bn: bool = False
+) -> nn.Sequential:
+    """Linear-BN-ReLU for every hidden layer, then a linear output (optionally BN without affine).
+
+    With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of SPEC §5.
+    """
+    layers: list[nn.Module] = []
+    previous = in_dim
+    for hidden in hidden_dims:
+        layers += [nn.Linear(previous, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        previous = hidden
+    layers.append(nn.Linear(previous, out_dim, bias=not last_bn))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def linear_head(in_dim: int, num_classes: int) -> nn.Linear:
+    """The downstream classifier: one linear layer, bias included, PyTorch's default initialisation."""
+    return nn.Linear(in_dim, num_classes)

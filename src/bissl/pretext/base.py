@@ -1,0 +1,34 @@
+"""The pretext-task interface: a backbone, a head, a loss on two views, and a hook after each step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PretextTask(nn.Module):
+    """A self-supervised objective over a backbone.
+
+    Subclasses set ``backbone`` and ``head`` (the trainable pretext head φ_P) and implement ``loss``.
+    ``after_step`` runs after every optimiser step of the lower level (BYOL's EMA update); it never
+    runs inside Hessian-vector products or the upper phase.
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        return self.loss(view1, view2)
+
+    def after_step(self, progress: float) -> None:
+        """Called after each optimiser step; ``progress`` in [0, 1] is the fraction of training done."""
+
+    def reset_target(self) -> None:
+        """Re-copy any target network from the online one (BYOL); a no-op otherwise."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Backbone and head parameters (a target network is excluded)."""
+        return [*self.backbone.parameters(), *self.head.parameters()]

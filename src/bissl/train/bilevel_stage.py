@@ -1,0 +1,201 @@
+"""``bissl bilevel``: builds the BiSSL stage from a config, runs it with logging, evaluation, checkpoints and
+exact resume, and writes the lower backbone θ_P as a plain state dict."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from bissl import distributed
+from bissl.bilevel.trainer import BilevelTrainer, initial_models
+from bissl.checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from bissl.config import Config
+from bissl.data.stream import BatchStream
+from bissl.errors import ConfigError
+from bissl.models import feature_dim, linear_head
+from bissl.runtime import GracefulStop, RunDir, progress, resolve_device, say, seed_everything
+from bissl.train.classifier import evaluate_classifier
+from bissl.train.common import (
+    architecture,
+    downstream_data,
+    load_data,
+    load_pretext,
+    make_backbone,
+    make_downstream_augment,
+    make_two_view,
+    save_backbone,
+)
+
+
+def _warm_head(config: Config, run: RunDir, stop: GracefulStop, resume: bool) -> str:
+    """Run the head warm-up into ``run/warmup`` when no head_checkpoint was given."""
+    from bissl.train.warmup import warmup
+
+    warm_run = RunDir(run.path / "warmup", config, resume=True, force=True)
+    head_path = warm_run.checkpoints / "head.pt"
+    if not head_path.is_file():
+        warmup(config, warm_run, stop=stop, resume=resume)
+    return str(head_path)
+
+
+def train_bilevel(
+    config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
+) -> dict[str, Any]:
+    """Run ``bilevel.alternations`` alternations; returns the summary (also in summary.json)."""
+    stop = stop or GracefulStop()
+    if config.pretext_checkpoint is None:
+        raise ConfigError(
+            "bilevel needs pretext_checkpoint=PATH (a checkpoints/pretext.pt written by 'bissl pretrain')"
+        )
+    s = config.bilevel
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    pretext_data = load_data(config, "pretext", "train")
+    splits, task = downstream_data(config, run.path)
+    channels = pretext_data.channels
+    head_path = config.head_checkpoint or _warm_head(config, run, stop, resume)
+    head_state = load_checkpoint(head_path, expect_stage="warmup")
+    check_architecture(head_state, architecture(config, channels), head_path)
+    warm_backbone = make_backbone(config, channels)
+    warm_backbone.load_state_dict(head_state["backbone"])
+    seed_everything(config.seed)
+
+    lower = load_pretext(config.pretext_checkpoint, config, channels)
+    upper_backbone = initial_models(lower, warm_backbone)
+    upper_head = linear_head(feature_dim(upper_backbone), task.num_classes)
+    upper_head.load_state_dict(head_state["head"])
+    if config.model.sync_bn and distributed.is_distributed():
+        lower = torch.nn.SyncBatchNorm.convert_sync_batchnorm(lower)
+        upper_backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(upper_backbone)
+    lower.to(device)
+    upper_backbone.to(device)
+    upper_head.to(device)
+
+    two_view = make_two_view(config, pretext_data).to(device)
+    downstream_augment = make_downstream_augment(config, splits["train"]).to(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    lower_stream = BatchStream(
+        pretext_data, s.lower_batch_size, seed=config.seed, device=device, rank=rank, world_size=world
+    )
+    hessian_stream = lower_stream
+    if s.hessian_batch_size is not None and s.hessian_batch_size != s.lower_batch_size:
+        hessian_stream = BatchStream(
+            pretext_data,
+            s.hessian_batch_size,
+            seed=config.seed + 1,
+            device=device,
+            rank=rank,
+            world_size=world,
+        )
+    upper_stream = BatchStream(
+        splits["train"], s.upper_batch_size, seed=config.seed, device=device, rank=rank, world_size=world
+    )
+
+    def lower_batches() -> tuple[torch.Tensor, torch.Tensor]:
+        images, _ = next(lower_stream)
+        return two_view(images)
+
+    def hessian_batches() -> tuple[torch.Tensor, torch.Tensor]:
+        images, _ = next(hessian_stream)
+        return two_view(images)
+
+    def upper_batches() -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = next(upper_stream)
+        return downstream_augment(images, train=True), labels
+
+    lower_model: torch.nn.Module = lower
+    reduce = None
+    if distributed.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        lower_model = DistributedDataParallel(lower, device_ids=ids)
+        reduce = distributed.all_reduce_flat
+
+    trainer = BilevelTrainer(
+        lower,
+        upper_backbone,
+        upper_head,
+        task.loss,
+        lower_batches,
+        upper_batches,
+        s,
+        hessian_batches=hessian_batches,
+        lars_eta=config.pretrain.lars_eta,
+        lars_exclude_bias_norm=config.pretrain.lars_exclude_bias_norm,
+        max_nonfinite=config.max_nonfinite,
+        reduce=reduce,
+        lower_model=lower_model,
+    )
+    streams = {"lower": lower_stream, "hessian": hessian_stream, "upper": upper_stream}
+    if resume and run.last_checkpoint.is_file():
+        state = load_checkpoint(run.last_checkpoint, expect_stage="bilevel-state")
+        check_architecture(state, architecture(config, channels), run.last_checkpoint)
+        trainer.load_state_dict(state["trainer"])
+        for name, stream in streams.items():
+            stream.load_state_dict(state["streams"][name])
+        set_rng_state(state["rng"])
+        say(f"resuming BiSSL at alternation {trainer.alternation}/{s.alternations}")
+
+    def checkpoint() -> None:
+        if distributed.is_main():
+            save_checkpoint(
+                run.last_checkpoint,
+                {
+                    "meta": {"stage": "bilevel-state", "architecture": architecture(config, channels)},
+                    "trainer": trainer.state_dict(),
+                    "streams": {name: stream.state_dict() for name, stream in streams.items()},
+                    "rng": rng_state(),
+                },
+            )
+        distributed.barrier()
+
+    totals = {"lower_seconds": 0.0, "upper_seconds": 0.0}
+    bar = progress(s.alternations, "bissl", initial=trainer.alternation)
+    record: dict[str, Any] = {}
+    while trainer.alternation < s.alternations:
+        record = trainer.alternate()
+        for key in totals:
+            totals[key] += record[key]
+        if s.eval_every > 0 and (
+            trainer.alternation % s.eval_every == 0 or trainer.alternation == s.alternations
+        ):
+            metrics = evaluate_classifier(
+                upper_backbone, upper_head, splits["val"], downstream_augment, task, device
+            )
+            record |= {f"val_{k}": v for k, v in metrics.items()}
+        run.log({"stage": "bilevel", **record})
+        bar.update(1)
+        bar.set_postfix(lower=f"{record['lower_loss']:.3f}", upper=f"{record['upper_loss_lower']:.3f}")
+        if trainer.alternation % s.checkpoint_every == 0 or stop.requested:
+            checkpoint()
+            stop.check()
+    bar.close()
+    checkpoint()
+    lower_path = run.path / "lower_backbone.pt"
+    if distributed.is_main():
+        save_backbone(lower_path, lower.backbone, config, channels, stage="bilevel-lower")
+        save_backbone(run.path / "upper_backbone.pt", upper_backbone, config, channels, stage="bilevel-upper")
+        save_checkpoint(
+            run.checkpoints / "upper_head.pt",
+            {"meta": {"stage": "bilevel-head"}, "head": upper_head.state_dict()},
+        )
+    distributed.barrier()
+    final = evaluate_classifier(upper_backbone, upper_head, splits["val"], downstream_augment, task, device)
+    summary = {
+        "stage": "bilevel",
+        "alternations": s.alternations,
+        "lower_backbone": str(lower_path),
+        "last": record,
+        "val_upper": final,
+        "seconds": totals,
+        "skipped_steps": trainer.guard.skipped,
+        "settings": dataclasses.asdict(s),
+    }
+    run.write_summary(summary)
+    say(
+        f"BiSSL done: {s.alternations} alternations, upper val {task.primary_metric} {final[task.primary_metric]:.2f}"
+    )
+    return summary

@@ -1,0 +1,178 @@
+"""Pretext pretraining (SPEC §4.1): LARS, per-step warm-up + cosine, optional clipping, k-NN monitor,
+atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from bissl import distributed
+from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from bissl.config import Config
+from bissl.data.stream import BatchStream
+from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, resolve_device, say, seed_everything
+from bissl.train.common import (
+    architecture,
+    knn_monitor,
+    load_data,
+    make_downstream_augment,
+    make_pretext,
+    make_two_view,
+    save_backbone,
+    save_pretext,
+)
+from bissl.train.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
+
+
+def pretrain(
+    config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
+) -> dict[str, Any]:
+    """Train the pretext task; writes checkpoints/pretext.pt and backbone.pt and returns the summary."""
+    stop = stop or GracefulStop()
+    settings = config.pretrain
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = load_data(config, "pretext", "train")
+    task = make_pretext(config, data.channels).to(device)
+    augment = make_two_view(config, data).to(device)
+    named = [(n, p) for n, p in task.named_parameters() if not n.startswith("target.")]
+    optimizer = LARS(
+        lars_groups(named, settings.lars_exclude_bias_norm),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        eta=settings.lars_eta,
+    )
+    world = distributed.world_size()
+    stream = BatchStream(
+        data, settings.batch_size, seed=config.seed, device=device, rank=distributed.rank(), world_size=world
+    )
+    steps_per_epoch = max(1, len(data) // (settings.batch_size * world))
+    total_steps = settings.steps if settings.steps is not None else settings.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, round(settings.warmup_epochs * steps_per_epoch))
+    guard = NonFiniteGuard(config.max_nonfinite)
+    start_step = 0
+    if resume and run.last_checkpoint.is_file():
+        state = load_checkpoint(run.last_checkpoint, expect_stage="pretrain-state")
+        task.load_state_dict(state["task"])
+        optimizer.load_state_dict(state["optimizer"])
+        stream.load_state_dict(state["stream"])
+        guard.load_state_dict(state["guard"])
+        set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        say(f"resuming pretraining at step {start_step}/{total_steps}")
+
+    knn_data = _knn_sets(config) if settings.knn_every > 0 else None
+    model = _wrap(task, device)
+
+    def checkpoint(step: int) -> None:
+        if distributed.is_main():
+            save_checkpoint(
+                run.last_checkpoint,
+                {
+                    "meta": {"stage": "pretrain-state", "architecture": architecture(config, data.channels)},
+                    "task": task.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "stream": stream.state_dict(),
+                    "guard": guard.state_dict(),
+                    "rng": rng_state(),
+                    "step": step,
+                },
+            )
+        distributed.barrier()
+
+    started = time.perf_counter()
+    bar = progress(total_steps, "pretrain", initial=start_step)
+    task.train()
+    last_loss = float("nan")
+    for step in range(start_step, total_steps):
+        lr = warmup_cosine(
+            step, total_steps, warmup_steps, settings.lr, settings.lr * settings.final_lr_ratio
+        )
+        set_lr(optimizer, lr)
+        images, _ = next(stream)
+        view1, view2 = augment(images)
+        loss = model(view1, view2)
+        optimizer.zero_grad(set_to_none=True)
+        if guard.ok(loss.detach(), "pretext loss", step):
+            loss.backward()
+            grad_norm = clip_grad_norm((p for _, p in named), settings.clip_grad)
+            if guard.ok(grad_norm, "gradient norm", step):
+                optimizer.step()
+                task.after_step((step + 1) / total_steps)
+                last_loss = float(loss.detach())
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}")
+        record: dict[str, Any] = {}
+        if (step + 1) % settings.log_every == 0 or step + 1 == total_steps:
+            record = {"stage": "pretrain", "step": step + 1, "loss": last_loss, "lr": lr}
+        if knn_data is not None and (step + 1) % settings.knn_every == 0:
+            record.update(step=step + 1, stage="pretrain", knn_top1=_knn(config, task, knn_data, device))
+            task.train()
+        if record:
+            run.log(record)
+        if (step + 1) % settings.checkpoint_every == 0 or stop.requested:
+            checkpoint(step + 1)
+            stop.check()
+    bar.close()
+    seconds = time.perf_counter() - started
+    checkpoint(total_steps)
+    pretext_path = run.checkpoints / "pretext.pt"
+    if distributed.is_main():
+        save_pretext(pretext_path, task, config, data.channels, steps=total_steps)
+        save_backbone(run.path / "backbone.pt", task.backbone, config, data.channels, stage="pretrain")
+    distributed.barrier()
+    summary: dict[str, Any] = {
+        "stage": "pretrain",
+        "steps": total_steps,
+        "final_loss": last_loss,
+        "seconds": seconds,
+        "images_per_second": (total_steps - start_step) * settings.batch_size * world / max(seconds, 1e-9),
+        "skipped_steps": guard.skipped,
+        "pretext_checkpoint": str(pretext_path),
+    }
+    if knn_data is not None or settings.knn_every == 0:
+        summary["knn_top1"] = _knn(config, task, knn_data or _knn_sets(config), device)
+    run.write_summary(summary)
+    say(f"pretrain done: loss {last_loss:.4f}, k-NN top-1 {summary.get('knn_top1', float('nan')):.2f}%")
+    return summary
+
+
+def _wrap(task: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP around the task in a distributed run (BYOL's target has no gradients and is excluded)."""
+    if not distributed.is_distributed():
+        return task
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(task, device_ids=ids, find_unused_parameters=False)
+
+
+def _knn_sets(config: Config) -> tuple[Any, Any] | None:
+    """Memory bank and queries for the k-NN monitor: the pretext set's own labelled train and test splits."""
+    try:
+        memory = load_data(config, "pretext", "train")
+        queries = load_data(config, "pretext", "test")
+    except Exception:
+        return None
+    if memory.multilabel:
+        return None
+    return memory, queries
+
+
+def _knn(config: Config, task: torch.nn.Module, sets: tuple[Any, Any] | None, device: torch.device) -> float:
+    if sets is None:
+        return float("nan")
+    memory, queries = sets
+    normalize = make_downstream_augment(config, memory).to(device)
+    return knn_monitor(
+        task.backbone,  # type: ignore[arg-type]
+        memory,
+        queries,
+        lambda x: normalize(x, train=False),
+        k=config.pretrain.knn_k,
+        temperature=config.pretrain.knn_temperature,
+        device=device,
+    )

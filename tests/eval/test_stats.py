@@ -1,0 +1,73 @@
+"""Statistics over seeds: against numpy/scipy directly and a hand-worked example."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bissl.eval.stats import format_summary, paired_comparison, summarize
+
+
+def test_summarize_uses_sample_std() -> None:
+    values = [71.0, 72.5, 70.25, 73.0]
+    summary = summarize(values)
+    assert summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["std"] == pytest.approx(np.std(values, ddof=1))
+    assert summary["n"] == 4 and summary["values"] == values
+    # mean 71.6875; squared deviations sum to 4.921875, / 3 = 1.640625, sqrt = 1.2809.
+    assert format_summary(summary, digits=1) == "71.7 ± 1.3 (n=4)"
+
+
+def test_summarize_single_value_has_zero_std_and_rejects_empty_or_nan() -> None:
+    assert summarize([3.5]) == {"mean": 3.5, "std": 0.0, "n": 1, "values": [3.5]}
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+    with pytest.raises(ValueError, match="non-finite"):
+        summarize([1.0, float("nan")])
+
+
+def test_paired_comparison_hand_example() -> None:
+    # Differences b - a = (1, 2, 0): mean 1, sample std 1, t = 1 / (1 / sqrt 3) = sqrt 3 (2 dof).
+    # For 2 degrees of freedom P(|T| > t) = 1 - t / sqrt(t^2 + 2) = 1 - sqrt(3/5).
+    # Wilcoxon drops the zero; the ranks 1 and 2 are both positive, the most extreme of 2^2 sign patterns,
+    # so the two-sided exact p-value is 2 / 4 = 0.5.
+    result = paired_comparison([1.0, 2.0, 3.0], [2.0, 4.0, 3.0])
+    assert result["mean_difference"] == pytest.approx(1.0)
+    assert result["std_difference"] == pytest.approx(1.0)
+    assert result["t_pvalue"] == pytest.approx(1 - math.sqrt(3 / 5))
+    assert result["wilcoxon_pvalue"] == pytest.approx(0.5)
+    half_width = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert half_width == pytest.approx(2.4841377, abs=1e-6)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((1 - half_width, 1 + half_width))
+    assert result["n"] == 3
+
+
+def test_paired_comparison_matches_scipy() -> None:
+    generator = np.random.default_rng(0)
+    baseline = 70 + generator.normal(size=10)
+    bissl = baseline + 0.8 + 0.5 * generator.normal(size=10)
+    result = paired_comparison(baseline, bissl)
+    differences = bissl - baseline
+    assert result["mean_difference"] == pytest.approx(differences.mean())
+    assert result["t_pvalue"] == pytest.approx(stats.ttest_rel(bissl, baseline).pvalue)
+    assert result["wilcoxon_pvalue"] == pytest.approx(stats.wilcoxon(bissl, baseline).pvalue)
+    interval = stats.t.interval(0.95, 9, loc=differences.mean(), scale=stats.sem(differences))
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(interval)
+    assert result["t_pvalue"] < 0.01
+    reverse = paired_comparison(bissl, baseline)
+    assert reverse["mean_difference"] == pytest.approx(-result["mean_difference"])
+    assert reverse["t_pvalue"] == pytest.approx(result["t_pvalue"])
+
+
+def test_paired_comparison_degenerate_cases() -> None:
+    single = paired_comparison([1.0], [2.0])
+    assert single["mean_difference"] == 1.0 and single["n"] == 1
+    assert single["ci_low"] is None and single["t_pvalue"] is None and single["wilcoxon_pvalue"] is None
+    identical = paired_comparison([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert identical["mean_difference"] == 0.0
+    assert identical["t_pvalue"] is None and identical["wilcoxon_pvalue"] is None
+    with pytest.raises(ValueError, match="equally many"):
+        paired_comparison([1.0, 2.0], [1.0])
