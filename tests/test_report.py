@@ -28,7 +28,7 @@ SECTION_IDS = [
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_tsne_png(path: Path) -> None:
+def write_tsne_png(path: Path) -> None:
     """A tiny real PNG drawn with matplotlib, standing in for the t-SNE figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -67,7 +67,7 @@ def _arm(
     }
 
 
-def _results() -> dict[str, Any]:
+def make_results() -> dict[str, Any]:
     """Two arms, three seeds, short curves: what `bissl compare` writes, in miniature."""
     return {
         "title": "Demo <script>alert(1)</script> & co",
@@ -122,10 +122,14 @@ def _results() -> dict[str, Any]:
             ],
             "finetune": {
                 arm: [
-                    {"epoch": epoch, "val_top1": 50.0 + 5 * epoch, "train_loss": 2.0 / (epoch + 1)}
+                    {
+                        "epoch": epoch,
+                        "val_top1": 50.0 + 5 * epoch + offset,
+                        "train_loss": 2.0 / (epoch + 1 + offset),
+                    }
                     for epoch in range(4)
                 ]
-                for arm in ("baseline", "bissl")
+                for arm, offset in (("baseline", 0.0), ("bissl", 2.0))
             },
         },
         "timings": {"pretrain": 120.0, "bissl <lower&upper>": 3725.0, "finetune": None},
@@ -133,7 +137,7 @@ def _results() -> dict[str, Any]:
     }
 
 
-def _write(run_dir: Path, results: dict[str, Any]) -> Path:
+def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
     (run_dir / "results.json").write_text(json.dumps(results), encoding="utf-8")
     return run_dir
 
@@ -148,8 +152,8 @@ def _section(document: str, section_id: str) -> str:
 def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One full report shared by the tests that only read it (drawing the figures takes seconds)."""
     run_dir = tmp_path_factory.mktemp("compare")
-    _write_tsne_png(run_dir / "tsne.png")
-    path = write_report(_write(run_dir, _results()))
+    write_tsne_png(run_dir / "tsne.png")
+    path = write_report(write_results(run_dir, make_results()))
     assert path == run_dir / "report.html"
     assert path.is_file()
     return run_dir
@@ -232,7 +236,7 @@ def test_summary_names_winner_interval_and_caveat(report: str) -> None:
 
 
 def test_summary_wording_follows_the_numbers() -> None:
-    results = _results()
+    results = make_results()
     comparison = results["comparison"]["test_top1"]
     comparison.update(mean_difference=-1.5, ci95=[-2.5, -0.5], n=10, t_pvalue=0.004, wilcoxon_pvalue=0.0002)
     sentence = summary_sentence(results)
@@ -245,8 +249,8 @@ def test_summary_wording_follows_the_numbers() -> None:
     assert "not significant at the 5% level" in summary_sentence(results)
 
 
-def test_one_arm_with_null_numbers(tmp_path: Path) -> None:
-    results = _results()
+def test_one_arm_with_null_numbers_and_a_missing_figure(tmp_path: Path) -> None:
+    results = make_results()
     del results["arms"]["baseline"]
     bissl = results["arms"]["bissl"]
     bissl["seeds"][1]["test_top5"] = None
@@ -254,10 +258,10 @@ def test_one_arm_with_null_numbers(tmp_path: Path) -> None:
     bissl["search"]["best"] = {"lr": None, "weight_decay": None, "value": None}
     results["comparison"] = {}
     results["probes"] = {"bissl": {"knn_top1": None, "probe_top1": 70.5}}
-    del results["figures"]
+    results["figures"] = {"tsne": "absent.png"}  # named but never written
     results["curves"]["pretrain"] = []
     results["curves"]["finetune"] = {"bissl": results["curves"]["finetune"]["bissl"]}
-    document = write_report(_write(tmp_path, results)).read_text(encoding="utf-8")
+    document = write_report(write_results(tmp_path, results)).read_text(encoding="utf-8")
     for section_id in SECTION_IDS:
         assert f'<section id="{section_id}">' in document
     assert "Only the BiSSL arm ran" in _section(document, "summary")
@@ -265,13 +269,10 @@ def test_one_arm_with_null_numbers(tmp_path: Path) -> None:
     assert "Baseline" not in table and "73.17 ± 0.50" in table and "n/a" in table
     assert "n/a" in _section(document, "probes") and "70.50" in _section(document, "probes")
     assert "No paired comparison" in _section(document, "statistics")
-    assert "No t-SNE figure" in _section(document, "tsne")
+    tsne = _section(document, "tsne")
+    assert "absent.png" in tsne and "not found" in tsne and "<img" not in tsne
+    assert _section(document, "per-seed").count("<img") == 1
     assert "No pretraining curve" in _section(document, "curves")
-
-
-def test_missing_tsne_file_is_a_note_not_a_crash(tmp_path: Path) -> None:
-    document = write_report(_write(tmp_path, _results())).read_text(encoding="utf-8")
-    assert "tsne.png" in _section(document, "tsne") and "not found" in _section(document, "tsne")
 
 
 def test_missing_results_json_is_a_user_error(tmp_path: Path) -> None:
@@ -286,18 +287,18 @@ def test_missing_results_json_is_a_user_error(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "the top level must be an object"),
-        (json.dumps({**_results(), "arms": []}), "arms must be an object"),
-        (json.dumps({**_results(), "arms": {}}), "arms is empty"),
+        (json.dumps({**make_results(), "arms": []}), "arms must be an object"),
+        (json.dumps({**make_results(), "arms": {}}), "arms is empty"),
         (
-            json.dumps({key: value for key, value in _results().items() if key != "timings"}),
+            json.dumps({key: value for key, value in make_results().items() if key != "timings"}),
             "'timings' is missing",
         ),
         (
-            json.dumps({**_results(), "probes": {"bissl": {"knn_top1": "high"}}}),
+            json.dumps({**make_results(), "probes": {"bissl": {"knn_top1": "high"}}}),
             "probes.bissl.knn_top1 must be a number",
         ),
         (
-            json.dumps({**_results(), "comparison": {"test_top1": {"ci95": [1.0]}}}),
+            json.dumps({**make_results(), "comparison": {"test_top1": {"ci95": [1.0]}}}),
             "ci95 must hold two numbers",
         ),
     ],

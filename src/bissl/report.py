@@ -30,6 +30,7 @@ ARM_ORDER = ("baseline", "bissl")
 ARM_LABELS = {"baseline": "Baseline", "bissl": "BiSSL"}
 ARM_COLOURS = {"baseline": "#4c72b0", "bissl": "#dd8452"}
 OTHER_COLOURS = ("#55a868", "#c44e52", "#8172b3", "#937860")
+REGULARISER_COLOUR = "#937860"
 SECTIONS = (
     ("summary", "Summary"),
     ("results", "Results"),
@@ -82,7 +83,8 @@ table { border-collapse: collapse; margin: 6px 0 12px; font-size: 0.93em; }
 th, td { border: 1px solid #d8d8d8; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; font-weight: 600; }
 tbody tr:nth-child(even) { background: #fafafa; }
-td.number, th.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.number, th.number { text-align: right; font-variant-numeric: tabular-nums; }
+td.number { white-space: nowrap; }
 figure { margin: 8px 0 16px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
@@ -314,7 +316,10 @@ def _validate(results: Any) -> None:
     top = _expect_object(results, "the top level")
     missing = [key for key in REQUIRED_KEYS if key not in top]
     if missing:
-        raise _Malformed(f"key {missing[0]!r} is missing")
+        names = ", ".join(repr(key) for key in missing)
+        raise _Malformed(
+            f"{'keys' if len(missing) > 1 else 'key'} {names} {'are' if len(missing) > 1 else 'is'} missing"
+        )
     for key in ("title", "created", "primary_metric", "fairness"):
         _expect_string(top[key], key)
     for key, value in _expect_object(top["datasets"], "datasets").items():
@@ -530,7 +535,12 @@ def _config_yaml(config: Any) -> str:
 
 
 def _new_figure(
-    width: float, height: float, rows: int = 1, columns: int = 1, right_margin: float = 0.3
+    width: float,
+    height: float,
+    rows: int = 1,
+    columns: int = 1,
+    right_margin: float = 0.3,
+    column_gap: float = 0.45,
 ) -> tuple[Figure, list[Axes]]:
     """A matplotlib figure on the Agg canvas (no pyplot, no global state) with a grid of axes.
 
@@ -546,8 +556,8 @@ def _new_figure(
         "right": 1 - right_margin / width,
         "bottom": 0.6 / height,
         "top": 1 - 0.4 / height,
-        "wspace": 0.45,
-        "hspace": 0.65,
+        "wspace": column_gap,
+        "hspace": 0.55,
     }
     axes = figure.subplots(rows, columns, squeeze=False, gridspec_kw=grid)
     return figure, list(axes.reshape(-1))
@@ -610,8 +620,13 @@ def _has_values(values: Sequence[float]) -> bool:
 
 
 def _style_axis(axis: Axes, title: str, x_label: str, y_label: str = "") -> None:
+    """Title, labels and a light grid; x axes count steps, epochs or alternations, so their ticks are whole."""
+    from matplotlib import ticker
+
     axis.set_title(title, fontsize=10)
-    axis.set_xlabel(x_label)
+    if x_label:
+        axis.set_xlabel(x_label)
+        axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     if y_label:
         axis.set_ylabel(y_label)
     axis.grid(True, alpha=0.3)
@@ -626,11 +641,11 @@ def _results_section(results: Mapping[str, Any]) -> str:
     headers = [
         "Arm",
         "Backbone",
-        *[f"{metric_label(metric)} (mean ± std)" for metric in metrics],
+        *[metric_label(metric) for metric in metrics],
         "Seeds",
         "Chosen lr",
-        "Chosen weight decay",
-        "Best search value",
+        "Chosen wd",
+        "Best validation",
         "Trials",
     ]
     rows = []
@@ -798,17 +813,19 @@ def _curves_section(results: Mapping[str, Any]) -> str:
 
 def _bilevel_figure(points: list[Any]) -> str:
     if not points:
-        return _note("No bilevel curve was recorded (the BiSSL arm did not run).")
+        return _note("No bilevel curve was recorded (it exists only when the BiSSL arm ran).")
+    from matplotlib import ticker
+
     x_key = "alternation"
     panels: list[tuple[str, str, list[tuple[str, str, str]]]] = [
-        ("Lower level", "loss", [("lower_loss", "pretext loss + regulariser", "#4c72b0")]),
+        ("Lower level", "lower loss", [("lower_loss", "lower loss", "#4c72b0")]),
         (
             "Upper level (downstream loss)",
             "loss",
             [("upper_loss_lower", "through θ_P", "#dd8452"), ("upper_loss_upper", "through θ_D", "#55a868")],
         ),
         ("‖θ_P − θ_D‖", "distance", [("distance", "‖θ_P − θ_D‖", "#8172b3")]),
-        ("CG residual", "relative residual", [("cg_residual", "residual", "#c44e52")]),
+        ("CG residual", "residual", [("cg_residual", "residual", "#c44e52")]),
         (
             "Seconds per alternation",
             "seconds",
@@ -825,7 +842,7 @@ def _bilevel_figure(points: list[Any]) -> str:
         return _note("The bilevel curve holds no numbers.")
     columns = 3
     rows = math.ceil(len(drawn) / columns)
-    figure, axes = _new_figure(11.5, 3.2 * rows, rows, columns, right_margin=0.7)
+    figure, axes = _new_figure(11.5, 3.2 * rows, rows, columns, right_margin=0.8, column_gap=0.6)
     for axis, (title, y_label, lines) in zip(axes, drawn):
         positive = True
         for key, label, colour in lines:
@@ -836,25 +853,28 @@ def _bilevel_figure(points: list[Any]) -> str:
             xs, regulariser = _series(points, x_key, "regulariser")
             if _has_values(regulariser):
                 twin = axis.twinx()
-                twin.plot(
-                    xs, regulariser, lw=1.0, ls="--", color="#937860", label="regulariser (λ/2)‖θ_P − θ_D‖²"
-                )
-                twin.set_ylabel("regulariser", color="#937860")
-                twin.tick_params(axis="y", colors="#937860")
-                axis.legend(
-                    handles=axis.get_lines() + twin.get_lines(),
-                    fontsize="small",
-                    frameon=False,
-                    loc="upper right",
-                )
+                twin.plot(xs, regulariser, lw=1.2, ls="--", color=REGULARISER_COLOUR)
+                twin.set_ylabel("regulariser", color=REGULARISER_COLOUR)
+                twin.tick_params(axis="y", colors=REGULARISER_COLOUR)
         elif len(lines) > 1:
             axis.legend(fontsize="small", frameon=False)
+        _style_axis(axis, title, "alternation", y_label)
+        if title == "Lower level":
+            axis.yaxis.label.set_color(lines[0][2])
         if title == "CG residual" and positive:
             axis.set_yscale("log")
-        _style_axis(axis, title, "alternation", y_label)
+            axis.yaxis.set_major_formatter(ticker.LogFormatter())
+            axis.yaxis.set_minor_formatter(
+                ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+            )
     for axis in axes[len(drawn) :]:
         axis.set_visible(False)
-    return _figure_html(figure, "learning curves of the bilevel stage", "Values per alternation.")
+    caption = (
+        "Values per alternation. Lower level: the lower loss (solid, left axis) and the regulariser "
+        "(λ/2)‖θ_P − θ_D‖² (dashed, right axis). Upper level: the downstream loss with the upper head on the "
+        "lower backbone θ_P and on the upper backbone θ_D."
+    )
+    return _figure_html(figure, "learning curves of the bilevel stage", caption)
 
 
 def _pretrain_figure(points: list[Any]) -> str:

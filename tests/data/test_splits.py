@@ -96,6 +96,8 @@ def test_split_file_for_another_dataset_is_refused(tmp_path: Path) -> None:
 
 def test_multilabel_split_is_random_but_complete() -> None:
     labels = (torch.rand(30, 4) < 0.5).to(torch.float32)
-    dataset = TensorDataset(torch.zeros(30, 1, 2, 2, dtype=torch.uint8), labels, num_classes=4, multilabel=True)
+    dataset = TensorDataset(
+        torch.zeros(30, 1, 2, 2, dtype=torch.uint8), labels, num_classes=4, multilabel=True
+    )
     train, val = split_dataset(dataset, 0.3, seed=0)
     assert len(train) == 21 and len(val) == 9 and val.labels.shape == (9, 4)

@@ -286,7 +286,21 @@ def run_search(
     stop = stop or GracefulStop()
     folder = Path(run_path)
     log_run = RunDir(folder, config, resume=True, force=True)
-    study = open_study(config, folder, study_name=study_name)
+    with _optuna_quiet():
+        study = open_study(config, folder, study_name=study_name)
+        return _run_trials(config, folder, study, log_run, stop, resume, study_name)
+
+
+def _run_trials(
+    config: Config,
+    folder: Path,
+    study: optuna.Study,
+    log_run: RunDir,
+    stop: GracefulStop,
+    resume: bool,
+    study_name: str | None,
+) -> dict[str, Any]:
+    """The trial loop of ``run_search``."""
     shared = config.search.storage is not None
     target = config.search.trials
     epochs = trial_epochs(config)
@@ -346,25 +360,24 @@ def run_search(
         )
 
     started = time.perf_counter()
-    with _optuna_quiet():
-        while True:
-            stop.check()
-            if shared:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-                fail_orphaned_trials(study, every_running=False)
-            enqueue_retries(study)
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(1 for t in trials if t.state in FINISHED_STATES)
-            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-            if finished >= target:
-                break
-            if finished + running >= target:
-                _wait(stop, POLL_SECONDS)
-                continue
-            study.sampler = make_sampler(config.search.sampler, trial_seed(config.seed, len(trials)))
-            study.optimize(objective, n_trials=1, callbacks=[log_trial])
+    while True:
+        stop.check()
+        if shared:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            fail_orphaned_trials(study, every_running=False)
+        enqueue_retries(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(1 for t in trials if t.state in FINISHED_STATES)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        if finished >= target:
+            break
+        if finished + running >= target:
+            _wait(stop, POLL_SECONDS)
+            continue
+        study.sampler = make_sampler(config.search.sampler, trial_seed(config.seed, len(trials)))
+        study.optimize(objective, n_trials=1, callbacks=[log_trial])
     return _search_result(study, config, folder, study_name or study_name_for(config), started)
 
 

@@ -1,0 +1,217 @@
+"""Solvers against dense linear algebra and against a direct transcription of SPEC §3.1."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+
+from bissl.bilevel.solvers import SOLVERS, SolveResult, cg, exact, identity, neumann
+
+SHAPES = ((3, 4), (5,), (2, 2, 3))
+SIZE = 12 + 5 + 12
+
+
+def _split(flat: Tensor) -> tuple[Tensor, ...]:
+    pieces, offset = [], 0
+    for shape in SHAPES:
+        count = math.prod(shape)
+        pieces.append(flat[offset : offset + count].reshape(shape))
+        offset += count
+    return tuple(pieces)
+
+
+def _join(vectors: tuple[Tensor, ...]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in vectors])
+
+
+def _spd(low: float, high: float, size: int = SIZE) -> Tensor:
+    """A random symmetric matrix with eigenvalues spread over [low, high]."""
+    q, _ = torch.linalg.qr(torch.randn(size, size, dtype=torch.double))
+    eigenvalues = torch.linspace(low, high, size, dtype=torch.double)
+    return q @ torch.diag(eigenvalues) @ q.T
+
+
+def _operator(matrix: Tensor) -> tuple[list[int], Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]]:
+    calls: list[int] = []
+
+    def matvec(vectors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        calls.append(1)
+        return _split(matrix @ _join(vectors))
+
+    return calls, matvec
+
+
+def _relative(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def spec_layerwise_cg(matrix: Tensor, b: Tensor, iterations: int) -> list[Tensor]:
+    """SPEC §3.1 written out over index ranges: iterate k = 1..K as flat vectors."""
+    ranges, offset = [], 0
+    for shape in SHAPES:
+        ranges.append(range(offset, offset + math.prod(shape)))
+        offset += math.prod(shape)
+    x = torch.zeros_like(b)
+    r = b.clone()
+    d = b.clone()
+    iterates = []
+    for _ in range(iterations):
+        ad = matrix @ d
+        x_next, r_next, d_next = x.clone(), r.clone(), d.clone()
+        for block in ranges:
+            index = torch.tensor(list(block))
+            rr = r[index].dot(r[index])
+            alpha = rr / (d[index].dot(ad[index]) + 1e-12)
+            x_next[index] = x[index] + alpha * d[index]
+            r_next[index] = r[index] - alpha * ad[index]
+            beta = r_next[index].dot(r_next[index]) / (rr + 1e-12)
+            d_next[index] = r_next[index] + beta * d[index]
+        x, r, d = x_next, r_next, d_next
+        iterates.append(x.clone())
+    return iterates
+
+
+def test_global_cg_reaches_the_dense_solve() -> None:
+    for _ in range(3):
+        matrix = _spd(0.5, 40.0)
+        b = torch.randn(SIZE, dtype=torch.double)
+        _, matvec = _operator(matrix)
+        result = cg(matvec, _split(b), iterations=3 * SIZE, layerwise=False)
+        assert _relative(_join(result.x), torch.linalg.solve(matrix, b)) < 1e-6
+        assert result.residual_norm < 1e-6
+
+
+def test_layerwise_cg_follows_spec_iteration_by_iteration() -> None:
+    matrix = _spd(1.0, 12.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    _, matvec = _operator(matrix)
+    expected = spec_layerwise_cg(matrix, b, 6)
+    for k, iterate in enumerate(expected, start=1):
+        result = cg(matvec, _split(b), iterations=k)
+        assert result.iterations == k
+        assert torch.allclose(_join(result.x), iterate, rtol=1e-12, atol=1e-14), k
+
+
+def test_layerwise_differs_from_global_cg_with_several_tensors_and_matches_it_with_one() -> None:
+    matrix = _spd(1.0, 12.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    _, matvec = _operator(matrix)
+    layerwise = _join(cg(matvec, _split(b), iterations=3).x)
+    textbook = _join(cg(matvec, _split(b), iterations=3, layerwise=False).x)
+    assert _relative(layerwise, textbook) > 1e-3
+
+    def single(vectors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return (matrix @ vectors[0],)
+
+    one_tensor_layerwise = cg(single, (b,), iterations=3).x[0]
+    one_tensor_global = cg(single, (b,), iterations=3, layerwise=False).x[0]
+    assert _relative(one_tensor_layerwise, one_tensor_global) < 1e-10
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_tolerance_stops_early_and_reports_iterations(layerwise: bool) -> None:
+    matrix = _spd(1.0, 3.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    calls, matvec = _operator(matrix)
+    result = cg(matvec, _split(b), iterations=200, tol=1e-4, layerwise=layerwise)
+    assert 0 < result.iterations < 200
+    assert len(calls) == result.iterations
+    assert result.residual_norm <= 1e-4
+    fixed = cg(matvec, _split(b), iterations=result.iterations, layerwise=layerwise)
+    assert torch.equal(_join(fixed.x), _join(result.x))
+    previous = cg(matvec, _split(b), iterations=result.iterations - 1, layerwise=layerwise)
+    assert previous.residual_norm > 1e-4
+    if not layerwise:
+        true_residual = _relative(matrix @ _join(result.x), b)
+        assert true_residual == pytest.approx(result.residual_norm, rel=1e-6)
+
+
+def test_warm_start_from_the_solution_needs_no_iteration() -> None:
+    matrix = _spd(1.0, 5.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    calls, matvec = _operator(matrix)
+    solution = _split(torch.linalg.solve(matrix, b))
+    result = cg(matvec, _split(b), iterations=5, tol=1e-8, x0=solution)
+    assert result.iterations == 0
+    assert len(calls) == 1
+    assert torch.allclose(_join(result.x), _join(solution))
+    start = _split(torch.randn(SIZE, dtype=torch.double))
+    warm = cg(matvec, _split(b), iterations=3 * SIZE, x0=start, layerwise=False)
+    assert _relative(_join(warm.x), _join(solution)) < 1e-8
+
+
+def test_non_finite_results_become_zero() -> None:
+    b = _split(torch.ones(SIZE, dtype=torch.double))
+
+    def broken(vectors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return (torch.full_like(vectors[0], math.nan), *vectors[1:])
+
+    for layerwise in (True, False):
+        x = cg(broken, b, iterations=2, layerwise=layerwise).x
+        assert all(torch.isfinite(t).all() for t in x)
+        if layerwise:
+            assert torch.equal(x[0], torch.zeros_like(x[0]))
+            assert torch.allclose(x[1], torch.ones_like(x[1]))
+
+
+def test_neumann_converges_below_two_over_lambda_max_and_diverges_above() -> None:
+    matrix = _spd(1.0, 5.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    _, matvec = _operator(matrix)
+    solution = torch.linalg.solve(matrix, b)
+    errors = [
+        _relative(_join(neumann(matvec, _split(b), iterations=k, scale=0.35).x), solution)
+        for k in (5, 20, 150)
+    ]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-8
+    diverging = [
+        _relative(_join(neumann(matvec, _split(b), iterations=k, scale=0.45).x), solution) for k in (20, 60)
+    ]
+    assert diverging[1] > diverging[0] > 1
+
+
+def test_neumann_is_the_truncated_series_and_reports_its_residual() -> None:
+    matrix = _spd(1.0, 3.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    calls, matvec = _operator(matrix)
+    scale = 0.4
+    step = torch.eye(SIZE, dtype=torch.double) - scale * matrix
+    series = scale * sum(torch.linalg.matrix_power(step, k) @ b for k in range(4))
+    result = neumann(matvec, _split(b), iterations=4, scale=scale)
+    assert torch.allclose(_join(result.x), series, rtol=1e-12)
+    assert len(calls) == 4
+    assert result.residual_norm == pytest.approx(_relative(matrix @ series, b), rel=1e-9)
+    early = neumann(matvec, _split(b), iterations=500, scale=scale, tol=1e-6)
+    assert early.iterations < 500
+    assert early.residual_norm <= 1e-6
+
+
+def test_exact_and_identity() -> None:
+    matrix = _spd(0.1, 100.0)
+    b = torch.randn(SIZE, dtype=torch.double)
+    _, matvec = _operator(matrix)
+    result = exact(matvec, _split(b))
+    assert _relative(_join(result.x), torch.linalg.solve(matrix, b)) < 1e-10
+    assert result.iterations == SIZE
+    assert result.residual_norm < 1e-12
+    calls, counted = _operator(matrix)
+    first_order = identity(counted, _split(b))
+    assert torch.equal(_join(first_order.x), b)
+    assert first_order.iterations == 0 and not calls and math.isnan(first_order.residual_norm)
+
+
+def test_every_named_solver_accepts_the_shared_signature() -> None:
+    matrix = _spd(1.0, 2.0)
+    b = _split(torch.randn(SIZE, dtype=torch.double))
+    _, matvec = _operator(matrix)
+    assert set(SOLVERS) == {"cg", "neumann", "exact", "identity"}
+    for name, solve in SOLVERS.items():
+        extra = {"scale": 0.5} if name == "neumann" else {}
+        result = solve(matvec, b, iterations=3, tol=0.0, x0=None, **extra)
+        assert isinstance(result, SolveResult)
+        assert all(x.shape == t.shape for x, t in zip(result.x, b))
