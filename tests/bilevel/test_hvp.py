@@ -205,6 +205,35 @@ def test_update_bn_stats_flag_restores_the_reference_side_effect(mode: str, expe
     assert _relative_error(updated_product, untouched.matvec(vectors)) < 1e-5
 
 
+@pytest.mark.parametrize("update_bn_stats", [False, True])
+def test_reused_graph_survives_train_mode_forwards_and_frozen_bn_stats(update_bn_stats: bool) -> None:
+    backbone, head, pretext_loss = _small_resnet_problem()
+    params = flat_parameters(backbone)
+    vectors = tuple(torch.randn_like(p) for p in params)
+    operator = hessian_vector_operator(
+        pretext_loss, params, "reuse", modules=[backbone, head], update_bn_stats=update_bn_stats
+    )
+    first = operator.matvec(vectors)
+    backbone(torch.randn(4, 1, 12, 12))
+    with frozen_bn_stats(backbone, head):
+        backbone(torch.randn(4, 1, 12, 12))
+    assert torch.equal(
+        torch.cat([t.reshape(-1) for t in operator.matvec(vectors)]),
+        torch.cat([t.reshape(-1) for t in first]),
+    )
+
+
+def test_frozen_bn_stats_keeps_a_graph_that_saved_eval_mode_statistics_valid() -> None:
+    backbone, head, pretext_loss = _small_resnet_problem()
+    backbone.eval()
+    params = flat_parameters(backbone)
+    operator = hessian_vector_operator(pretext_loss, params, "reuse", modules=[backbone, head])
+    with frozen_bn_stats(backbone):
+        backbone(torch.randn(4, 1, 12, 12))
+    products = operator.matvec(tuple(torch.ones_like(p) for p in params))
+    assert sum(float(t.abs().sum()) for t in products) > 0
+
+
 def test_without_modules_running_statistics_are_not_protected() -> None:
     backbone, _, pretext_loss = _small_resnet_problem()
     params = flat_parameters(backbone)

@@ -276,6 +276,8 @@ def test_tensor_dataset_checks_and_subset() -> None:
     part = dataset.subset([4, 1])
     assert part.labels.tolist() == [1, 1] and torch.equal(part.images[0], images[4])
     assert (part.name, part.mean, part.num_classes) == ("six", dataset.mean, 3)
+    masked = dataset.subset(dataset.labels == 2)
+    assert len(masked) == 2 and torch.equal(masked.images[1], images[5])
     with pytest.raises(DataError, match="uint8"):
         TensorDataset(images.float(), torch.zeros(6, dtype=torch.int64), num_classes=1)
     with pytest.raises(DataError, match="labels"):

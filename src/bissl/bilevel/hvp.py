@@ -44,8 +44,8 @@ def _batch_norms(modules: Iterable[nn.Module]) -> list[_BatchNorm]:
 def frozen_bn_stats(*modules: nn.Module) -> Iterator[None]:
     """Save the BatchNorm running statistics of ``modules`` and restore them bit-identically on exit.
 
-    Restoring writes in place, so an autograd graph built inside the block that saved those buffers
-    can no longer be differentiated after it; the HVP operator therefore uses ``untracked_bn_stats``.
+    Only buffers that changed are written back (in place, so a graph that saved them becomes stale, as it
+    already was after the change); unchanged buffers are not touched, so graphs that saved them stay valid.
     """
     saved = [
         (
@@ -60,7 +60,9 @@ def frozen_bn_stats(*modules: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for layer, buffers in saved:
                 for name, value in buffers.items():
-                    getattr(layer, name).copy_(value)
+                    current = getattr(layer, name)
+                    if not torch.equal(current, value):
+                        current.copy_(value)
 
 
 @contextmanager
@@ -125,12 +127,10 @@ class HessianVectorOperator:
         self.update_bn_stats = update_bn_stats
         self.products = 0
 
-    def _forward(self) -> Tensor:
-        """The loss on the Hessian batch, touching running statistics only if asked to."""
-        if self.update_bn_stats:
-            return self.loss_fn()
-        with untracked_bn_stats(*self.modules):
-            return self.loss_fn()
+    def _update_stats_once(self) -> None:
+        """The reference's running-statistics update, in a forward of its own: no kept graph saves the buffers."""
+        with torch.no_grad():
+            self.loss_fn()
 
     def _check(self, vectors: Sequence[Tensor]) -> Vectors:
         vectors = tuple(vectors)
@@ -165,6 +165,13 @@ class RecomputeHVP(HessianVectorOperator):
 
     mode = "recompute"
 
+    def _forward(self) -> Tensor:
+        """The loss on the Hessian batch, updating running statistics only if asked to."""
+        if self.update_bn_stats:
+            return self.loss_fn()
+        with untracked_bn_stats(*self.modules):
+            return self.loss_fn()
+
     def _product(self, vectors: Vectors) -> Vectors:
         with torch.enable_grad():
             grads = torch.autograd.grad(self._forward(), self.params, create_graph=True, allow_unused=True)
@@ -187,8 +194,10 @@ class ReuseHVP(HessianVectorOperator):
         update_bn_stats: bool = False,
     ) -> None:
         super().__init__(loss_fn, params, modules=modules, update_bn_stats=update_bn_stats)
-        with torch.enable_grad():
-            grads = torch.autograd.grad(self._forward(), self.params, create_graph=True, allow_unused=True)
+        if update_bn_stats:
+            self._update_stats_once()
+        with torch.enable_grad(), untracked_bn_stats(*self.modules):
+            grads = torch.autograd.grad(self.loss_fn(), self.params, create_graph=True, allow_unused=True)
         self._grads: Vectors | None = _zeros_for_unused(grads, self.params)
 
     def _product(self, vectors: Vectors) -> Vectors:
@@ -237,8 +246,7 @@ class ForwardOverReverseHVP(HessianVectorOperator):
             )
         self._names = [names_by_id[id(p)] for p in self.params]
         if update_bn_stats:
-            with torch.no_grad():
-                self.loss_fn()
+            self._update_stats_once()
 
     def _loss_of(self, *params: Tensor) -> Tensor:
         return torch.func.functional_call(self._holder, dict(zip(self._names, params)), ())

@@ -20,6 +20,8 @@ from torch import nn
 
 from bissl.bilevel.hvp import frozen_bn_stats, hessian_vector_operator
 from bissl.bilevel.implicit import upper_gradients
+from bissl.bilevel.solvers import SOLVERS, SolveResult
+from bissl import distributed
 from bissl.config import BilevelConfig
 from bissl.pretext import PretextTask
 from bissl.runtime import NonFiniteGuard
@@ -42,6 +44,17 @@ def parameter_distance(lower: nn.Module, upper: nn.Module) -> float:
     """‖θ_P − θ_D‖ over backbone parameters."""
     squares = [(p - q).pow(2).sum() for p, q in zip(lower.parameters(), upper.parameters(), strict=True)]
     return float(torch.stack(squares).sum().sqrt())
+
+
+def solver_with_reduced_rhs(solver: str, reduce: Reduce) -> Callable[..., SolveResult]:
+    """The named solver run on the rank-averaged right-hand side. Every rank then solves one common system,
+    so averaging each HVP across ranks applies the Hessian of the global batch to the same vector."""
+    solve = SOLVERS[solver]
+
+    def solve_reduced(matvec: Any, b: tuple[torch.Tensor, ...], **options: Any) -> SolveResult:
+        return solve(matvec, tuple(b), **options)
+
+    return solve_reduced
 
 
 def _clip_joint(grads: list[torch.Tensor], max_norm: float | None) -> float:
@@ -137,7 +150,7 @@ class BilevelTrainer:
             pretext_loss = self.lower_model(view1, view2)
             regulariser = proximal_term(self.lower.backbone, self.upper_backbone, s.lam)
             self.lower_optimizer.zero_grad(set_to_none=True)
-            if not self.guard.ok(pretext_loss.detach(), "lower loss", step):
+            if not self.guard.ok(distributed.agree_finite(pretext_loss.detach()), "lower loss", step):
                 continue
             (pretext_loss + regulariser).backward()
             grad_norm = _clip_joint(
@@ -178,6 +191,9 @@ class BilevelTrainer:
 
         operator = make_operator() if s.hvp_scope == "phase" else None
         solver_options: dict[str, Any] = {"iterations": s.cg_iterations, "tol": s.tolerance}
+        solver: str | Callable[..., SolveResult] = (
+            s.solver if self.reduce is None else solver_with_reduced_rhs(s.solver, self.reduce)
+        )
         if s.solver == "cg":
             solver_options["layerwise"] = s.layerwise
         elif s.solver == "neumann":
@@ -213,7 +229,7 @@ class BilevelTrainer:
                         lam=s.lam,
                         damping=s.damping,
                         gamma=s.gamma,
-                        solver=s.solver,
+                        solver=solver,
                         solver_options=solver_options,
                         reduce=self.reduce,
                         x0=solution if s.warm_start else None,
@@ -286,4 +302,10 @@ def initial_models(lower: PretextTask, warm_backbone: nn.Module | None) -> nn.Mo
     return copy.deepcopy(lower.backbone)
 
 
-__all__ = ["BilevelTrainer", "initial_models", "parameter_distance", "proximal_term"]
+__all__ = [
+    "BilevelTrainer",
+    "initial_models",
+    "parameter_distance",
+    "proximal_term",
+    "solver_with_reduced_rhs",
+]

@@ -119,8 +119,9 @@ class TensorDataset:
         return int(min(self.images.shape[2], self.images.shape[3]))
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> TensorDataset:
-        """The samples at ``indices``, with the same name, classes and normalisation statistics."""
-        index = torch.as_tensor(indices, dtype=torch.int64)
+        """The samples at ``indices`` (positions or a boolean mask), with the same name, classes and statistics."""
+        index = torch.as_tensor(indices)
+        index = index.nonzero().flatten() if index.dtype == torch.bool else index.to(torch.int64)
         return replace(self, images=self.images[index], labels=self.labels[index])
 
 

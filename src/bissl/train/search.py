@@ -286,9 +286,10 @@ def run_search(
     stop = stop or GracefulStop()
     folder = Path(run_path)
     log_run = RunDir(folder, config, resume=True, force=True)
+    name = study_name or study_name_for(config)
     with _optuna_quiet():
-        study = open_study(config, folder, study_name=study_name)
-        return _run_trials(config, folder, study, log_run, stop, resume, study_name)
+        study = open_study(config, folder, study_name=name)
+        return _run_trials(config, folder, study, log_run, stop, resume, name)
 
 
 def _run_trials(
@@ -298,7 +299,7 @@ def _run_trials(
     log_run: RunDir,
     stop: GracefulStop,
     resume: bool,
-    study_name: str | None,
+    study_name: str,
 ) -> dict[str, Any]:
     """The trial loop of ``run_search``."""
     shared = config.search.storage is not None
@@ -378,7 +379,7 @@ def _run_trials(
             continue
         study.sampler = make_sampler(config.search.sampler, trial_seed(config.seed, len(trials)))
         study.optimize(objective, n_trials=1, callbacks=[log_trial])
-    return _search_result(study, config, folder, study_name or study_name_for(config), started)
+    return _search_result(study, config, folder, study_name, started)
 
 
 def _search_result(
