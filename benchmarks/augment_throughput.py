@@ -5,7 +5,7 @@ NT-Xent, SGD) on Fashion-MNIST at 28 px with batch 256, in one process run. The 
 way: torchvision transforms per image inside DataLoader workers. Prints images/s (median over timed windows
 after a warm-up) and each arm's speed relative to the batched one.
 
-    python benchmarks/augment_throughput.py --workers 0 1 2
+    python benchmarks/augment_throughput.py --workers 0 1 2 --threads 1 2
 """
 
 from __future__ import annotations
@@ -117,42 +117,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--windows", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4, help="SGD steps per timed window")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the trainer"
+        "--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts of the PIL arm"
     )
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the trainer")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over all arms, to spread load drift")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed SGD steps before each arm's windows")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows per arm and round")
+    parser.add_argument("--steps", type=int, default=3, help="SGD steps per timed window")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dataset = load_dataset("fashion-mnist", "train")
 
-    arms: list[tuple[str, Callable[[], ViewStream]]] = [
-        (f"batched TwoViewAugment on {device.type}", partial(batched_views, dataset, args.batch_size, device))
-    ]
-    for workers in args.workers:
-        arms.append(
-            (f"per-sample PIL, {workers} workers", partial(pil_views, dataset, args.batch_size, workers))
-        )
+    arms: list[tuple[str, int, Callable[[], ViewStream]]] = []
+    for threads in args.threads:
+        batched = partial(batched_views, dataset, args.batch_size, device)
+        arms.append((f"batched TwoViewAugment on {device.type}", threads, batched))
+        for workers in args.workers:
+            per_sample = partial(pil_views, dataset, args.batch_size, workers)
+            arms.append((f"per-sample PIL, {workers} DataLoader workers", threads, per_sample))
     print(
-        f"device={device} threads={args.threads} cpus={os.cpu_count()} batch={args.batch_size} "
+        f"device={device} cpus={os.cpu_count()} batch={args.batch_size} rounds={args.rounds} "
         f"warmup={args.warmup} windows={args.windows}x{args.steps} steps torch={torch.__version__}"
     )
-    results: list[tuple[str, float, float]] = []
-    for name, make_views in arms:
-        views = make_views()
-        try:
-            rates = measure(views, device, args.batch_size, args.warmup, args.windows, args.steps)
-        finally:
-            views.close()
-        results.append((name, statistics.median(rates), min(rates)))
-    batched_rate = results[0][1]
-    print(f"| {'pipeline':<40} | {'images/s (median)':>17} | {'min':>7} | {'batched / this':>14} |")
-    print(f"|{'-' * 42}|{'-' * 19}|{'-' * 9}|{'-' * 16}|")
-    for name, median, low in results:
-        print(f"| {name:<40} | {median:>17.0f} | {low:>7.0f} | {batched_rate / median:>13.2f}x |")
+    rates: dict[int, list[float]] = {index: [] for index in range(len(arms))}
+    for _ in range(args.rounds):
+        for index, (_, threads, make_views) in enumerate(arms):
+            torch.set_num_threads(threads)
+            views = make_views()
+            try:
+                rates[index] += measure(views, device, args.batch_size, args.warmup, args.windows, args.steps)
+            finally:
+                views.close()
+    medians = [statistics.median(rates[index]) for index in range(len(arms))]
+    best_batched = max(m for (name, _, _), m in zip(arms, medians) if name.startswith("batched"))
+    print(f"| {'pipeline':<40} | trainer threads | images/s (median) | {'min':>5} | best batched / this |")
+    print(f"|{'-' * 42}|{'-' * 17}|{'-' * 19}|{'-' * 7}|{'-' * 21}|")
+    for index, (name, threads, _) in enumerate(arms):
+        median, low = medians[index], min(rates[index])
+        print(
+            f"| {name:<40} | {threads:>15} | {median:>17.0f} | {low:>5.0f} | {best_batched / median:>18.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class DataConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     num_workers: int = 0
+    in_memory: bool | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -265,6 +266,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -8,10 +8,12 @@ Everything here is a no-op in a single process, so callers never branch on the w
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -121,7 +123,7 @@ class _GatherRows(torch.autograd.Function):
     graph of a backward pass can be differentiated again (Hessian-vector products)."""
 
     @staticmethod
-    def forward(tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(tensor: Tensor) -> Tensor:
         return _gather_rows(tensor)
 
     @staticmethod
@@ -129,9 +131,8 @@ class _GatherRows(torch.autograd.Function):
         pass
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        n = grad.shape[0] // world_size()
-        return grad[rank() * n : (rank() + 1) * n]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return _SumScatterRows.apply(grad)
 
     @staticmethod
     def jvp(ctx: Any, tangent: Tensor) -> Tensor:
@@ -142,7 +143,7 @@ class _SumScatterRows(torch.autograd.Function):
     """Differentiable reduce-scatter (sum) along dim 0: the adjoint of ``_GatherRows``."""
 
     @staticmethod
-    def forward(tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(tensor: Tensor) -> Tensor:
         return _sum_scatter_rows(tensor)
 
     @staticmethod
@@ -150,7 +151,7 @@ class _SumScatterRows(torch.autograd.Function):
         pass
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         return _GatherRows.apply(grad)
 
     @staticmethod
@@ -259,13 +260,46 @@ def broadcast_object(value: object, src: int = 0) -> object:
     return box[0]
 
 
-def average_scalar(value: float) -> float:
-    """Mean of a Python number over ranks (for logging)."""
+def reseed_per_rank(seed: int) -> None:
+    """Give every rank its own random stream (augmentations draw from it) once the models were built
+    identically; a single process keeps its stream, so its numbers do not depend on this call."""
+    if world_size() <= 1:
+        return
+    value = int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def per_rank(value: Any) -> Any:
+    """Every rank's ``value`` in rank order (a list), for rank 0 to write into a checkpoint; ``value`` itself
+    in a single process, so single-process checkpoints keep their layout."""
     if not is_distributed():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def own_entry(saved: Any) -> Any:
+    """This rank's entry of what ``per_rank`` gathered; a value saved by a single process is used as is."""
+    if isinstance(saved, list):
+        return saved[rank()] if rank() < len(saved) else saved[0]
+    return saved
+
+
+def average_scalar(value: float) -> float:
+    """Mean of a Python number over ranks (for logging)."""
+    return average_scalars([value])[0]
+
+
+def average_scalars(values: Sequence[float]) -> list[float]:
+    """Means of Python numbers over ranks in one all-reduce (for logging per-rank losses)."""
+    if not is_distributed():
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor)
-    return float(tensor.item()) / world_size()
+    return [float(v) / world_size() for v in tensor.tolist()]
 
 
 def agree_finite(value: Tensor | float) -> Tensor:

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bissl import distributed
 from bissl.bilevel.hvp import frozen_bn_stats, hessian_vector_operator
 from bissl.bilevel.implicit import upper_gradients
 from bissl.bilevel.solvers import SOLVERS, SolveResult
-from bissl import distributed
 from bissl.config import BilevelConfig
 from bissl.pretext import PretextTask
 from bissl.runtime import NonFiniteGuard
@@ -52,7 +52,7 @@ def solver_with_reduced_rhs(solver: str, reduce: Reduce) -> Callable[..., SolveR
     solve = SOLVERS[solver]
 
     def solve_reduced(matvec: Any, b: tuple[torch.Tensor, ...], **options: Any) -> SolveResult:
-        return solve(matvec, tuple(b), **options)
+        return solve(matvec, reduce(tuple(b)), **options)
 
     return solve_reduced
 
@@ -71,7 +71,8 @@ class BilevelTrainer:
 
     ``lower_batches()`` returns two augmented views of a pretext batch; ``upper_batches()`` returns an
     augmented downstream batch and its targets; ``downstream_loss(logits, targets)`` is L_D.
-    ``reduce`` (distributed runs) averages every HVP and the final upper gradients across ranks.
+    ``reduce`` (distributed runs) averages across ranks the right-hand side of the implicit system (so every
+    rank solves the same system), every HVP, and the final upper gradients.
     """
 
     def __init__(

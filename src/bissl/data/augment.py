@@ -237,9 +237,23 @@ class TwoViewAugment(_CpuSampledAugment):
         with _sampling_from(generator):
             return self.view1(batch), self.view2(batch)
 
+    def photometric(
+        self, view1: torch.Tensor, view2: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything after crop and flip (jitter, grayscale, blur, solarize, normalise) on views already
+        cropped at ``image_size``, e.g. by loader workers (``folder_stream.LoaderStream``)."""
+        _check_batch(view1, self.channels)
+        _check_batch(view2, self.channels)
+        with _sampling_from(generator):
+            first, second = self.view1[2:](to_float(view1)), self.view2[2:](to_float(view2))
+        return self.normalize(first), self.normalize(second)
+
     def forward(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views of (N, C, H, W) images; (N, 2, C, S, S) input holds views already cropped and flipped."""
+        if images.dim() == 5:
+            return self.photometric(images[:, 0], images[:, 1], generator)
         view1, view2 = self.unnormalized(images, generator)
         return self.normalize(view1), self.normalize(view2)
 

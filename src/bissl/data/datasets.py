@@ -224,6 +224,7 @@ def read_idx_pair(folder: Path, image_stem: str, label_stem: str) -> tuple[np.nd
 # Registry
 
 Loader = Callable[[str, str | None, bool], TensorDataset]
+SizedLoader = Callable[[str, str | None, bool, int], TensorDataset]
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,8 @@ class DatasetInfo:
     """A named dataset: what it is, where it is looked for, whether it is there, and how to load a split.
 
     ``loader(split, root, download)`` returns the split at native size; :func:`load_dataset` resizes and
-    subsamples.
+    subsamples. Photo sets of many image sizes give ``sized_loader(split, root, download, image_size)``, used
+    whenever an image size is asked for. ``splits`` lists the splits the dataset has.
     """
 
     name: str
@@ -239,6 +241,8 @@ class DatasetInfo:
     loader: Loader
     locations: Callable[[str | None], list[str]]
     presence: Callable[[str | None], bool]
+    splits: tuple[str, ...] = SPLITS
+    sized_loader: SizedLoader | None = None
 
     def where(self, root: str | None = None) -> list[str]:
         """Every place this dataset is looked for, in order."""
@@ -282,13 +286,17 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    if split not in SPLITS:
-        raise DataError(f"dataset split {split!r} is not one of {', '.join(SPLITS)}")
+    info = DATASETS[name]
+    if split not in info.splits:
+        raise DataError(f"dataset split {split!r} is not one of {', '.join(info.splits)}")
     if limit is not None and limit < 1:
         raise DataError(f"data limit must be a positive number of samples, got {limit}")
     if image_size is not None and image_size < 1:
         raise DataError(f"data image_size must be positive, got {image_size}")
-    dataset = DATASETS[name].loader(split, root, download)
+    if image_size is not None and info.sized_loader is not None:
+        dataset = info.sized_loader(split, root, download, image_size)
+    else:
+        dataset = info.loader(split, root, download)
     if limit is not None and limit < len(dataset):
         generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(dataset), generator=generator)[:limit].sort().values
@@ -507,3 +515,6 @@ register_dataset(
         presence=_always,
     )
 )
+
+# The paper-scale sets (torchvision layouts, image folders) register themselves on import.
+import bissl.data.torchvision_sets  # noqa: E402, F401

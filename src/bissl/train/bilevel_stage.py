@@ -67,11 +67,12 @@ def train_bilevel(
     upper_head = linear_head(feature_dim(upper_backbone), task.num_classes)
     upper_head.load_state_dict(head_state["head"])
     if config.model.sync_bn and distributed.is_distributed():
-        lower = torch.nn.SyncBatchNorm.convert_sync_batchnorm(lower)
-        upper_backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(upper_backbone)
+        distributed.convert_sync_batchnorm(lower)
+        distributed.convert_sync_batchnorm(upper_backbone)
     lower.to(device)
     upper_backbone.to(device)
     upper_head.to(device)
+    distributed.reseed_per_rank(config.seed)
 
     two_view = make_two_view(config, pretext_data).to(device)
     downstream_augment = make_downstream_augment(config, splits["train"]).to(device)
@@ -136,10 +137,11 @@ def train_bilevel(
         trainer.load_state_dict(state["trainer"])
         for name, stream in streams.items():
             stream.load_state_dict(state["streams"][name])
-        set_rng_state(state["rng"])
+        set_rng_state(distributed.own_entry(state["rng"]))
         say(f"resuming BiSSL at alternation {trainer.alternation}/{s.alternations}")
 
     def checkpoint() -> None:
+        rng = distributed.per_rank(rng_state())
         if distributed.is_main():
             save_checkpoint(
                 run.last_checkpoint,
@@ -147,7 +149,7 @@ def train_bilevel(
                     "meta": {"stage": "bilevel-state", "architecture": architecture(config, channels)},
                     "trainer": trainer.state_dict(),
                     "streams": {name: stream.state_dict() for name, stream in streams.items()},
-                    "rng": rng_state(),
+                    "rng": rng,
                 },
             )
         distributed.barrier()
@@ -157,6 +159,8 @@ def train_bilevel(
     record: dict[str, Any] = {}
     while trainer.alternation < s.alternations:
         record = trainer.alternate()
+        shard_means = ("lower_loss", "upper_loss_lower", "upper_loss_upper")
+        record |= dict(zip(shard_means, distributed.average_scalars([record[k] for k in shard_means])))
         for key in totals:
             totals[key] += record[key]
         if s.eval_every > 0 and (
@@ -169,7 +173,7 @@ def train_bilevel(
         run.log({"stage": "bilevel", **record})
         bar.update(1)
         bar.set_postfix(lower=f"{record['lower_loss']:.3f}", upper=f"{record['upper_loss_lower']:.3f}")
-        if trainer.alternation % s.checkpoint_every == 0 or stop.requested:
+        if distributed.agree_stop(stop) or trainer.alternation % s.checkpoint_every == 0:
             checkpoint()
             stop.check()
     bar.close()

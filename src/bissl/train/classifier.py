@@ -67,6 +67,7 @@ class ClassifierSettings:
     seed: int = 0
     max_nonfinite: int = 5
     clip_grad: float | None = None
+    sync_bn: bool = False
 
 
 def fit_classifier(
@@ -90,6 +91,9 @@ def fit_classifier(
     end; returns last and best-on-validation metrics. Resumes exactly from ``run``'s checkpoint.
     """
     stop = stop or GracefulStop()
+    if settings.sync_bn and distributed.is_distributed():
+        distributed.convert_sync_batchnorm(backbone)
+    distributed.reseed_per_rank(settings.seed)
     parameters = [*head.parameters()]
     if settings.train_backbone:
         parameters = [*backbone.parameters(), *parameters]
@@ -122,7 +126,7 @@ def fit_classifier(
         optimizer.load_state_dict(state["optimizer"])
         stream.load_state_dict(state["stream"])
         guard.load_state_dict(state["guard"])
-        set_rng_state(state["rng"])
+        set_rng_state(distributed.own_entry(state["rng"]))
         step, history, best = int(state["step"]), list(state["history"]), dict(state["best"])
 
     model_backbone = backbone
@@ -133,6 +137,7 @@ def fit_classifier(
         model_backbone = DistributedDataParallel(backbone, device_ids=ids)
 
     def checkpoint() -> None:
+        rng = distributed.per_rank(rng_state())
         if checkpoint_path is not None and distributed.is_main():
             save_checkpoint(
                 checkpoint_path,
@@ -143,7 +148,7 @@ def fit_classifier(
                     "optimizer": optimizer.state_dict(),
                     "stream": stream.state_dict(),
                     "guard": guard.state_dict(),
-                    "rng": rng_state(),
+                    "rng": rng,
                     "step": step,
                     "history": history,
                     "best": best,
@@ -164,8 +169,9 @@ def fit_classifier(
             features = model_backbone(augment(images, train=True))
         loss = task.loss(head(features), labels)
         optimizer.zero_grad(set_to_none=True)
-        if guard.ok(loss.detach(), f"{settings.stage} loss", step):
+        if guard.ok(distributed.agree_finite(loss.detach()), f"{settings.stage} loss", step):
             loss.backward()
+            distributed.average_gradients(head.parameters())
             norm = clip_grad_norm(parameters, settings.clip_grad)
             if guard.ok(norm, f"{settings.stage} gradient norm", step):
                 optimizer.step()
@@ -181,7 +187,7 @@ def fit_classifier(
                 "epoch": epoch,
                 "step": step,
                 "lr": lr,
-                "train_loss": running_loss,
+                "train_loss": distributed.average_scalar(running_loss),
             }
             for split in ("val", "test"):
                 if split in data:
@@ -195,7 +201,7 @@ def fit_classifier(
                 best = dict(record)
             if on_epoch is not None:
                 on_epoch(epoch, record)
-        if (epoch_done and epoch % settings.checkpoint_every == 0) or stop.requested:
+        if distributed.agree_stop(stop) or (epoch_done and epoch % settings.checkpoint_every == 0):
             checkpoint()
             stop.check()
     bar.close()

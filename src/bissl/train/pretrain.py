@@ -35,7 +35,11 @@ def pretrain(
     device = resolve_device(config.device)
     seed_everything(config.seed)
     data = load_data(config, "pretext", "train")
-    task = make_pretext(config, data.channels).to(device)
+    task = make_pretext(config, data.channels)
+    if config.model.sync_bn and distributed.is_distributed():
+        distributed.convert_sync_batchnorm(task)
+    task = task.to(device)
+    distributed.reseed_per_rank(config.seed)
     augment = make_two_view(config, data).to(device)
     named = [(n, p) for n, p in task.named_parameters() if not n.startswith("target.")]
     optimizer = LARS(
@@ -60,7 +64,7 @@ def pretrain(
         optimizer.load_state_dict(state["optimizer"])
         stream.load_state_dict(state["stream"])
         guard.load_state_dict(state["guard"])
-        set_rng_state(state["rng"])
+        set_rng_state(distributed.own_entry(state["rng"]))
         start_step = int(state["step"])
         say(f"resuming pretraining at step {start_step}/{total_steps}")
 
@@ -68,6 +72,7 @@ def pretrain(
     model = _wrap(task, device)
 
     def checkpoint(step: int) -> None:
+        rng = distributed.per_rank(rng_state())
         if distributed.is_main():
             save_checkpoint(
                 run.last_checkpoint,
@@ -77,7 +82,7 @@ def pretrain(
                     "optimizer": optimizer.state_dict(),
                     "stream": stream.state_dict(),
                     "guard": guard.state_dict(),
-                    "rng": rng_state(),
+                    "rng": rng,
                     "step": step,
                 },
             )
@@ -96,7 +101,7 @@ def pretrain(
         view1, view2 = augment(images)
         loss = model(view1, view2)
         optimizer.zero_grad(set_to_none=True)
-        if guard.ok(loss.detach(), "pretext loss", step):
+        if guard.ok(distributed.agree_finite(loss.detach()), "pretext loss", step):
             loss.backward()
             grad_norm = clip_grad_norm((p for _, p in named), settings.clip_grad)
             if guard.ok(grad_norm, "gradient norm", step):
@@ -107,13 +112,14 @@ def pretrain(
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}")
         record: dict[str, Any] = {}
         if (step + 1) % settings.log_every == 0 or step + 1 == total_steps:
-            record = {"stage": "pretrain", "step": step + 1, "loss": last_loss, "lr": lr}
+            loss_mean = distributed.average_scalar(last_loss)
+            record = {"stage": "pretrain", "step": step + 1, "loss": loss_mean, "lr": lr}
         if knn_data is not None and (step + 1) % settings.knn_every == 0:
             record.update(step=step + 1, stage="pretrain", knn_top1=_knn(config, task, knn_data, device))
             task.train()
         if record:
             run.log(record)
-        if (step + 1) % settings.checkpoint_every == 0 or stop.requested:
+        if distributed.agree_stop(stop) or (step + 1) % settings.checkpoint_every == 0:
             checkpoint(step + 1)
             stop.check()
     bar.close()

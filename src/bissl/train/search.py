@@ -2,7 +2,8 @@
 decay on the validation split, then fine-tuning over several seeds at the best setting, scored on test.
 
 The study lives in a database (SQLite in the run folder by default, or ``search.storage``), so an interrupted
-search resumes without repeating finished trials and several machines can work on one study.
+search resumes without repeating finished trials and several machines can work on one study. Under torchrun
+all ranks fine-tune each trial together (DDP); rank 0 alone talks to the study and announces every trial.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bissl import distributed
 from bissl.config import Config, dump_yaml
 from bissl.errors import BisslError, NonFiniteError
 from bissl.eval.stats import summarize
-from bissl.runtime import GracefulStop, RunDir, say
+from bissl.runtime import GracefulStop, RunDir, StopRequested, say
 from bissl.train.finetune import run_finetune
 
 STUDY_FILE = "study.db"
@@ -225,10 +226,12 @@ def open_subrun(path: Path, config: Config) -> tuple[RunDir, bool]:
     """
     config_file = path / "config.yaml"
     stale = config_file.is_file() and config_file.read_text() != dump_yaml(config)
+    stale = bool(distributed.broadcast_object(stale))
     if stale and distributed.is_main():
         for name in ("summary.json", "metrics.jsonl"):
             (path / name).unlink(missing_ok=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
+    distributed.barrier()
     return RunDir(path, config, force=True), not stale
 
 
@@ -278,18 +281,81 @@ def run_search(
     ones (training diverged: non-finite loss); a trial that failed or whose process died is run again with
     the same setting, resuming its checkpoint when its folder holds one.
     """
-    if distributed.is_distributed():
-        raise BisslError(
-            "bissl search runs one process per machine: launch it without torchrun, and let several machines "
-            "share one study with search.storage=URL"
-        )
     stop = stop or GracefulStop()
     folder = Path(run_path)
     log_run = RunDir(folder, config, resume=True, force=True)
-    name = study_name or study_name_for(config)
-    with _optuna_quiet():
-        study = open_study(config, folder, study_name=name)
-        return _run_trials(config, folder, study, log_run, stop, resume, name)
+    if not distributed.is_main():
+        return _follow_trials(config, folder, stop, resume)
+    in_trial = [False]
+    try:
+        name = study_name or study_name_for(config)
+        with _optuna_quiet():
+            study = open_study(config, folder, study_name=name)
+            result = _run_trials(config, folder, study, log_run, stop, resume, name, in_trial)
+    except BaseException as error:
+        # an error inside a trial reached every rank there (a stop is agreed on, a crash ends torchrun)
+        if not in_trial[0] and isinstance(error, StopRequested):
+            _tell_followers("stop", error.exit_code - 128)
+        elif not in_trial[0]:
+            _tell_followers("error", str(error))
+        raise
+    _tell_followers("done", result)
+    return result
+
+
+def _tell_followers(kind: str, payload: Any = None) -> None:
+    """Rank 0 of a torchrun search tells the other ranks what to do next (no-op in one process)."""
+    if distributed.is_distributed():
+        distributed.broadcast_object((kind, payload))
+
+
+def _follow_trials(config: Config, folder: Path, stop: GracefulStop, resume: bool) -> dict[str, Any]:
+    """The ranks other than 0 of a torchrun search: fine-tune every trial rank 0 announces, together with it,
+    until it sends the search result (or a stop or an error, raised here too)."""
+    while True:
+        message: Any = distributed.broadcast_object(None)
+        kind, payload = message
+        if kind == "trial":
+            lr, weight_decay, root = payload
+            try:
+                _fit_trial(config, folder, lr, weight_decay, root, stop, resume)
+            except NonFiniteError:
+                continue
+        elif kind == "done":
+            return dict(payload)
+        elif kind == "stop":
+            stop.signum = int(payload)
+            stop.check()
+        elif kind == "error":
+            raise BisslError(str(payload))
+
+
+def _fit_trial(
+    config: Config,
+    folder: Path,
+    lr: float,
+    weight_decay: float,
+    root: int,
+    stop: GracefulStop,
+    resume: bool,
+) -> tuple[RunDir, dict[str, Any]]:
+    """Fine-tune one trial's setting in ``trials/trial-{root}``; every rank of a torchrun search runs it."""
+    epochs = trial_epochs(config)
+    path = folder / "trials" / f"trial-{root:04d}"
+    trial_config = _with_settings(config, lr=lr, weight_decay=weight_decay, epochs=epochs, seed=config.seed)
+    sub_run, can_resume = open_subrun(path, trial_config)
+    result = run_finetune(
+        trial_config,
+        sub_run,
+        lr=lr,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        seed=config.seed,
+        splits=("val",),
+        stop=stop,
+        resume=resume and can_resume,
+    )
+    return sub_run, result
 
 
 def _run_trials(
@@ -300,11 +366,12 @@ def _run_trials(
     stop: GracefulStop,
     resume: bool,
     study_name: str,
+    in_trial: list[bool],
 ) -> dict[str, Any]:
-    """The trial loop of ``run_search``."""
+    """The trial loop of ``run_search``; ``in_trial[0]`` is True while the ranks fine-tune a trial together
+    (and stays True when a trial ends by an exception other than divergence)."""
     shared = config.search.storage is not None
     target = config.search.trials
-    epochs = trial_epochs(config)
     low_lr, high_lr = config.search.lr_range
     low_wd, high_wd = config.search.weight_decay_range
     orphans = fail_orphaned_trials(study, every_running=not shared)
@@ -316,26 +383,15 @@ def _run_trials(
         weight_decay = trial.suggest_float("weight_decay", low_wd, high_wd, log=True)
         trial.set_user_attr("worker", _worker_id())
         root = int(trial.user_attrs.get("retry_root", trial.number))
-        path = folder / "trials" / f"trial-{root:04d}"
-        trial_config = _with_settings(
-            config, lr=lr, weight_decay=weight_decay, epochs=epochs, seed=config.seed
-        )
-        sub_run, can_resume = open_subrun(path, trial_config)
+        _tell_followers("trial", (lr, weight_decay, root))
+        in_trial[0] = True
         try:
-            result = run_finetune(
-                trial_config,
-                sub_run,
-                lr=lr,
-                weight_decay=weight_decay,
-                epochs=epochs,
-                seed=config.seed,
-                splits=("val",),
-                stop=stop,
-                resume=resume and can_resume,
-            )
+            sub_run, result = _fit_trial(config, folder, lr, weight_decay, root, stop, resume)
         except NonFiniteError as error:
+            in_trial[0] = False
             trial.set_user_attr("diverged", str(error))
             raise optuna.TrialPruned(str(error)) from None
+        in_trial[0] = False
         metric = result["primary_metric"]
         if study.user_attrs.get("primary_metric") != metric:
             study.set_user_attr("primary_metric", metric)
@@ -375,6 +431,7 @@ def _run_trials(
         if finished >= target:
             break
         if finished + running >= target:
+            _tell_followers("wait")
             _wait(stop, POLL_SECONDS)
             continue
         study.sampler = make_sampler(config.search.sampler, trial_seed(config.seed, len(trials)))

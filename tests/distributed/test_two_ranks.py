@@ -1,16 +1,19 @@
 """Two gloo processes against one process on the concatenated batch (float64): SimCLR and BYOL losses and
 gradients, Hessian-vector products, upper gradients and a whole alternation, with SyncBatchNorm or without
-BatchNorm; and one flat all-reduce per CG iteration.
+BatchNorm; one flat all-reduce per CG iteration; the agreements between ranks; and the search protocol in
+which rank 0 drives Optuna and every rank fine-tunes each trial.
 
 One spawn runs every distributed case (starting processes costs more than the cases) and writes the
-results; the tests compare them with single-process references computed here."""
+results; the tests compare them with single-process references computed here. A case that raises records
+its error instead of its result, so only its own tests fail."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
+import traceback
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,9 @@ from bissl import distributed
 from bissl.bilevel.hvp import flat_parameters, hessian_vector_operator
 from bissl.bilevel.implicit import inverse_jacobian_product, upper_gradients
 from bissl.bilevel.trainer import BilevelTrainer, initial_models, solver_with_reduced_rhs
-from bissl.config import BilevelConfig
-from bissl.pretext import BYOL, SimCLR, PretextTask
+from bissl.config import BilevelConfig, Config, SearchConfig
+from bissl.errors import BisslError
+from bissl.pretext import BYOL, PretextTask, SimCLR
 
 DTYPE = torch.float64
 WORLD = 2
@@ -91,7 +95,9 @@ def shard(batch: tuple[Tensor, Tensor], rank: int | None) -> tuple[Tensor, Tenso
 
 def probe_vector(task: PretextTask) -> tuple[Tensor, ...]:
     generator = torch.Generator().manual_seed(5)
-    return tuple(torch.randn(p.shape, generator=generator, dtype=DTYPE) for p in flat_parameters(task.backbone))
+    return tuple(
+        torch.randn(p.shape, generator=generator, dtype=DTYPE) for p in flat_parameters(task.backbone)
+    )
 
 
 def upper_parts(task: PretextTask) -> tuple[nn.Module, nn.Module]:
@@ -250,15 +256,108 @@ SCENARIOS: dict[str, Callable[[str, bool, int | None], dict[str, Any]]] = {
 }
 
 
+def batchnorm_statistics(rank: int | None) -> dict[str, Any]:
+    """Output and running statistics of a (Sync)BatchNorm layer after one train-mode forward, and its
+    eval-mode output afterwards (which uses the running statistics, no communication)."""
+    torch.manual_seed(4)
+    layer = distributed.convert_sync_batchnorm(nn.BatchNorm2d(3, momentum=0.3).to(DTYPE))
+    images = 2 + 3 * torch.randn(WORLD * LOCAL, 3, 2, 2, dtype=DTYPE)
+    probe = torch.randn(5, 3, 2, 2, dtype=DTYPE)
+    mine = images if rank is None else images[rank * LOCAL : (rank + 1) * LOCAL]
+    output = layer(mine)
+    layer.eval()
+    return {
+        "output": output.detach(),
+        "running": [layer.running_mean.clone(), layer.running_var.clone()],
+        "eval": layer(probe).detach(),
+    }
+
+
+class _Stop:
+    def __init__(self, signum: int | None) -> None:
+        self.signum = signum
+
+
+def agreements(rank: int) -> dict[str, Any]:
+    """What the helpers that keep ranks in lockstep return on each rank."""
+    stop = _Stop(15 if rank == 1 else None)
+    quiet = _Stop(None)
+    parameter = nn.Parameter(torch.zeros(2, dtype=DTYPE))
+    parameter.grad = torch.full((2,), float(rank), dtype=DTYPE)
+    unused = nn.Parameter(torch.zeros(1, dtype=DTYPE))
+    distributed.average_gradients([parameter, unused])
+    distributed.reseed_per_rank(7)
+    first = torch.rand(3)
+    distributed.reseed_per_rank(7)
+    return {
+        "one_nan": float(distributed.agree_finite(float("nan") if rank == 1 else 1.0)),
+        "all_finite": float(distributed.agree_finite(torch.tensor(float(rank + 1)))),
+        "stop": distributed.agree_stop(stop),
+        "stop_signum": stop.signum,
+        "no_stop": distributed.agree_stop(quiet),
+        "per_rank": distributed.per_rank({"rank": rank}),
+        "own": distributed.own_entry(distributed.per_rank({"rank": rank})),
+        "means": distributed.average_scalars([float(rank), 2.0 * rank]),
+        "grad": parameter.grad.clone(),
+        "unused_grad": unused.grad.clone() if unused.grad is not None else None,
+        "random": first,
+        "random_again": torch.rand(3),
+    }
+
+
+def search_protocol(rank: int, out: Path) -> dict[str, Any]:
+    """``run_search`` with a fine-tuning stand-in that checks every rank runs the same trial: the trials each
+    rank ran and the result it returned; then a search in which every trial diverges."""
+    from bissl.train import search
+
+    calls: list[tuple[float, float]] = []
+
+    def fine_tune(config: Config, run: Any, **kwargs: Any) -> dict[str, Any]:
+        setting = (float(kwargs["lr"]), float(kwargs["weight_decay"]))
+        if len({tuple(s) for s in distributed.per_rank(setting)}) != 1:
+            raise AssertionError("ranks fine-tune different settings")
+        calls.append(setting)
+        value = float("nan") if config.search.study_name == "diverging" else 100 * setting[0]
+        return {"best": {"val_top1": value, "epoch": 1}, "last": {}, "seconds": 0.0, "primary_metric": "top1"}
+
+    search.run_finetune = fine_tune  # type: ignore[assignment]
+    config = Config(search=SearchConfig(trials=3, epochs=1, study_name="protocol"))
+    result = search.run_search(config, out / "search")
+    trials = list(calls)
+    diverging = Config(search=SearchConfig(trials=2, epochs=1, study_name="diverging"))
+    try:
+        search.run_search(diverging, out / "diverging")
+        error = ""
+    except BisslError as raised:
+        error = str(raised)
+    return {
+        "calls": trials,
+        "diverging_calls": calls[len(trials) :],
+        "best": result["best"],
+        "finished": result["finished"],
+        "error": error,
+    }
+
+
+def _attempt(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    try:
+        return function(*args)
+    except Exception:
+        return {"failed": traceback.format_exc()}
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), BISSL_QUIET="1")
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
     try:
         results: dict[str, Any] = {}
         for name, scenario in SCENARIOS.items():
             for method, batchnorm in CASES:
-                results[f"{name}/{method}/{batchnorm}"] = scenario(method, batchnorm, rank)
+                results[f"{name}/{method}/{batchnorm}"] = _attempt(scenario, method, batchnorm, rank)
+        results["batchnorm"] = _attempt(batchnorm_statistics, rank)
+        results["agreements"] = _attempt(agreements, rank)
+        results["search"] = _attempt(search_protocol, rank, Path(out))
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -272,11 +371,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The results of every scenario on each of the two ranks."""
+    """The results of every case on each of the two ranks."""
     out = tmp_path_factory.mktemp("ranks")
     os.environ["OMP_NUM_THREADS"] = "1"
     mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def result_of(ranks: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One case's result on each rank; a case that raised fails the test with its traceback."""
+    for rank, results in enumerate(ranks):
+        if "failed" in results[key]:
+            pytest.fail(f"rank {rank}, case {key}:\n{results[key]['failed']}")
+    return [results[key] for results in ranks]
 
 
 def relative(a: list[Tensor], b: list[Tensor]) -> float:
@@ -293,8 +400,7 @@ def test_loss_and_gradients_equal_single_process(
     ranks: list[dict[str, Any]], method: str, batchnorm: bool
 ) -> None:
     reference = loss_and_gradients(method, batchnorm, None)
-    for result in ranks:
-        got = result[f"loss/{method}/{batchnorm}"]
+    for got in result_of(ranks, f"loss/{method}/{batchnorm}"):
         assert abs(float(got["loss"]) - float(reference["loss"])) < TOLERANCE * abs(float(reference["loss"]))
         assert relative(got["grads"], reference["grads"]) < TOLERANCE
 
@@ -306,8 +412,8 @@ def test_averaged_hvp_equals_single_process_hvp(
     reference = hessian_products(method, batchnorm, None)
     for mode in HVP_MODES:
         assert relative(reference[mode], reference["reuse"]) < 1e-10
-        for result in ranks:
-            assert relative(result[f"hvp/{method}/{batchnorm}"][mode], reference[mode]) < TOLERANCE, mode
+        for got in result_of(ranks, f"hvp/{method}/{batchnorm}"):
+            assert relative(got[mode], reference[mode]) < TOLERANCE, mode
 
 
 @pytest.mark.parametrize(("method", "batchnorm"), CASES, ids=CASE_IDS)
@@ -315,8 +421,7 @@ def test_upper_gradients_equal_single_process(
     ranks: list[dict[str, Any]], method: str, batchnorm: bool
 ) -> None:
     reference = implicit_gradients(method, batchnorm, None)
-    for result in ranks:
-        got = result[f"upper/{method}/{batchnorm}"]
+    for got in result_of(ranks, f"upper/{method}/{batchnorm}"):
         assert relative(got["backbone"], reference["backbone"]) < TOLERANCE
         assert relative(got["head"], reference["head"]) < TOLERANCE
 
@@ -325,8 +430,7 @@ def test_upper_gradients_equal_single_process(
 def test_one_flat_all_reduce_per_cg_iteration(
     ranks: list[dict[str, Any]], method: str, batchnorm: bool
 ) -> None:
-    for result in ranks:
-        got = result[f"upper/{method}/{batchnorm}"]
+    for got in result_of(ranks, f"upper/{method}/{batchnorm}"):
         assert got["solve_all_reduces"] == CG_ITERATIONS
         # one more for the right-hand side and one for the final gradients of the upper step
         assert got["step_all_reduces"] == CG_ITERATIONS + 2
@@ -339,7 +443,45 @@ def test_parameters_after_one_alternation_equal_single_process(
     reference = alternation(method, batchnorm, None)
     start = build_task(method, batchnorm)
     assert relative(reference["lower"], [p.detach() for p in start.trainable_parameters()]) > 1e-3
-    for result in ranks:
-        got = result[f"alternation/{method}/{batchnorm}"]
+    for got in result_of(ranks, f"alternation/{method}/{batchnorm}"):
         for part in ("lower", "upper_backbone", "head"):
             assert relative(got[part], reference[part]) < TOLERANCE, part
+
+
+def test_sync_batchnorm_matches_batchnorm_on_the_whole_batch(ranks: list[dict[str, Any]]) -> None:
+    reference = batchnorm_statistics(None)
+    for rank, got in enumerate(result_of(ranks, "batchnorm")):
+        rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
+        assert relative([got["output"]], [reference["output"][rows]]) < 1e-12
+        assert relative(got["running"], reference["running"]) < 1e-12
+        assert relative([got["eval"]], [reference["eval"]]) < 1e-12
+    assert not torch.allclose(reference["running"][1], torch.ones(3, dtype=DTYPE))
+
+
+def test_ranks_agree_on_skips_stops_and_averages(ranks: list[dict[str, Any]]) -> None:
+    results = result_of(ranks, "agreements")
+    for rank, got in enumerate(results):
+        assert got["one_nan"] != got["one_nan"]  # NaN on both ranks, though only rank 1 saw one
+        assert got["all_finite"] == rank + 1
+        assert got["stop"] is True and got["stop_signum"] == 15
+        assert got["no_stop"] is False
+        assert got["per_rank"] == [{"rank": 0}, {"rank": 1}]
+        assert got["own"] == {"rank": rank}
+        assert got["means"] == [0.5, 1.0]
+        assert torch.equal(got["grad"], torch.full((2,), 0.5, dtype=DTYPE))
+        assert torch.equal(got["unused_grad"], torch.zeros(1, dtype=DTYPE))
+        assert torch.equal(got["random"], got["random_again"])
+    assert not torch.equal(results[0]["random"], results[1]["random"])
+
+
+def test_search_runs_every_trial_on_every_rank_and_shares_the_result(ranks: list[dict[str, Any]]) -> None:
+    leader, follower = result_of(ranks, "search")
+    assert len(leader["calls"]) == 3
+    assert follower["calls"] == leader["calls"]
+    assert follower["best"] == leader["best"]
+    assert leader["finished"] == 3
+    assert leader["best"]["lr"] == max(lr for lr, _ in leader["calls"])
+    assert len(leader["diverging_calls"]) == 2
+    assert follower["diverging_calls"] == leader["diverging_calls"]
+    assert "no search trial reached a finite validation score" in leader["error"]
+    assert follower["error"] == leader["error"]

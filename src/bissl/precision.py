@@ -1,0 +1,62 @@
+"""Mixed precision and memory layout for the forward passes of every stage.
+
+``precision="bf16"`` runs forward passes under ``torch.autocast`` with bfloat16: parameters, gradients and
+optimiser states stay float32, matrix products and convolutions run in bfloat16, losses and normalisations in
+float32. ``"fp32"`` changes nothing. Hessian-vector products take their own setting (``hvp_precision``, float32
+by default): second derivatives through bfloat16 activations are far less accurate than first ones.
+``channels_last`` stores convolution weights (and inputs, when asked) as NHWC, the layout GPU tensor cores use.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from bissl.config import Config
+from bissl.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+Layout = TypeVar("Layout", nn.Module, torch.Tensor)
+
+
+def autocast(
+    target: Config | torch.device | str, precision: str | None = None
+) -> AbstractContextManager[Any]:
+    """A context for forward passes at ``precision`` (default: the config's ``precision``, else fp32).
+
+    ``target`` is a config (its device is resolved) or the device the computation runs on. bf16 uses
+    ``torch.autocast`` on that device type: CUDA, and the CPU too (slow on CPUs without bfloat16 units).
+    """
+    if isinstance(target, Config):
+        from bissl.runtime import resolve_device
+
+        device = resolve_device(target.device)
+        precision = precision if precision is not None else target.precision
+    else:
+        device = torch.device(target)
+    precision = precision if precision is not None else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def channels_last(item: Layout, enabled: bool = True) -> Layout:
+    """``item`` in NHWC memory layout: a module's 4-D parameters and buffers in place, a 4-D tensor as a copy.
+
+    Anything else (and everything when ``enabled`` is false) is returned unchanged.
+    """
+    if not enabled:
+        return item
+    if isinstance(item, nn.Module):
+        return item.to(memory_format=torch.channels_last)
+    if item.dim() == 4:
+        return item.contiguous(memory_format=torch.channels_last)
+    return item
+
+
+__all__ = ["PRECISIONS", "autocast", "channels_last"]
