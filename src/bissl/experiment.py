@@ -77,7 +77,17 @@ def _arm_part(parts: _Parts, arm: str, config: Config, backbone: str) -> dict[st
 
     arm_config = dataclasses.replace(config, backbone=backbone)
     summary = parts.run(f"{arm} search + seeds", parts.root / arm / "finetune", arm_config, search)
-    return {"backbone": backbone, **{k: summary.get(k) for k in ("search", "seeds", "summary")}}
+    found = dict(summary.get("search") or {})
+    found["trials"] = [
+        _scalars(trial) | dict(trial.get("params") or {}) for trial in found.get("trials") or []
+    ]
+    seeds = [_scalars(seed) for seed in summary.get("seeds") or []]
+    return {"backbone": backbone, "search": found, "seeds": seeds, "summary": summary.get("summary")}
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat (number, text, null) entries of a record; nested blocks stay in the part's summary.json."""
+    return {k: v for k, v in record.items() if v is None or isinstance(v, int | float | str)}
 
 
 def compare(

@@ -10,7 +10,7 @@ by default): second derivatives through bfloat16 activations are far less accura
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from bissl.config import Config
 from bissl.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
-Layout = TypeVar("Layout", nn.Module, torch.Tensor)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def autocast(
@@ -45,7 +45,15 @@ def autocast(
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def channels_last(item: Layout, enabled: bool = True) -> Layout:
+@overload
+def channels_last(item: ModuleT, enabled: bool = True) -> ModuleT: ...
+
+
+@overload
+def channels_last(item: torch.Tensor, enabled: bool = True) -> torch.Tensor: ...
+
+
+def channels_last(item: nn.Module | torch.Tensor, enabled: bool = True) -> nn.Module | torch.Tensor:
     """``item`` in NHWC memory layout: a module's 4-D parameters and buffers in place, a 4-D tensor as a copy.
 
     Anything else (and everything when ``enabled`` is false) is returned unchanged.
@@ -53,7 +61,8 @@ def channels_last(item: Layout, enabled: bool = True) -> Layout:
     if not enabled:
         return item
     if isinstance(item, nn.Module):
-        return item.to(memory_format=torch.channels_last)
+        item.to(memory_format=torch.channels_last)
+        return item
     if item.dim() == 4:
         return item.contiguous(memory_format=torch.channels_last)
     return item

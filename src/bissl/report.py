@@ -301,12 +301,14 @@ def _expect_number(value: Any, where: str) -> None:
 
 
 def _expect_records(value: Any, where: str, text_keys: Sequence[str] = ()) -> None:
-    """A list of objects whose values are numbers (or strings under ``text_keys``)."""
+    """A list of objects whose values are numbers or text (``text_keys`` must be text); other entries
+    (paths, notes) are carried along and ignored by the figures."""
     for index, record in enumerate(_expect_list(value, where)):
         for key, field in _expect_object(record, f"{where}[{index}]").items():
-            if key in text_keys:
-                if field is not None:
-                    _expect_string(field, f"{where}[{index}].{key}")
+            if field is None:
+                continue
+            if key in text_keys or isinstance(field, str):
+                _expect_string(field, f"{where}[{index}].{key}")
             else:
                 _expect_number(field, f"{where}[{index}].{key}")
 

@@ -36,13 +36,11 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "BISSL_QUIET": "1"}
 
 
+LAUNCHER = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
 def _torchrun(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + [
-        "-m",
-        "bissl",
-        "--quiet",
-        *argv,
-    ]
+    return [*LAUNCHER, "-m", "bissl", "--quiet", *argv]
 
 
 def _launch(argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ from bissl.bilevel.hvp import frozen_bn_stats, hessian_vector_operator
 from bissl.bilevel.implicit import upper_gradients
 from bissl.bilevel.solvers import SOLVERS, SolveResult
 from bissl.config import BilevelConfig
+from bissl.precision import autocast
 from bissl.pretext import PretextTask
 from bissl.runtime import NonFiniteGuard
 from bissl.train.optim import LARS, lars_groups, set_lr, warmup_cosine
@@ -73,6 +74,8 @@ class BilevelTrainer:
     augmented downstream batch and its targets; ``downstream_loss(logits, targets)`` is L_D.
     ``reduce`` (distributed runs) averages across ranks the right-hand side of the implicit system (so every
     rank solves the same system), every HVP, and the final upper gradients.
+    ``precision`` applies to the lower steps and the downstream passes, ``hvp_precision`` to the pretext
+    loss that the Hessian-vector products differentiate ("fp32" or "bf16", see ``bissl.precision``).
     """
 
     def __init__(
@@ -91,6 +94,8 @@ class BilevelTrainer:
         max_nonfinite: int = 5,
         reduce: Reduce | None = None,
         lower_model: nn.Module | None = None,
+        precision: str = "fp32",
+        hvp_precision: str = "fp32",
     ) -> None:
         self.lower = lower
         self.lower_model = lower_model or lower
@@ -102,6 +107,8 @@ class BilevelTrainer:
         self.upper_batches = upper_batches
         self.settings = settings
         self.reduce = reduce
+        self.precision = precision
+        self.hvp_precision = hvp_precision
         s = settings
         named = [(n, p) for n, p in lower.named_parameters() if not n.startswith("target.")]
         self.lower_parameters = [p for _, p in named]
@@ -148,7 +155,8 @@ class BilevelTrainer:
             lr = self._lower_lr(step)
             set_lr(self.lower_optimizer, lr)
             view1, view2 = self.lower_batches()
-            pretext_loss = self.lower_model(view1, view2)
+            with autocast(view1.device, self.precision):
+                pretext_loss = self.lower_model(view1, view2)
             regulariser = proximal_term(self.lower.backbone, self.upper_backbone, s.lam)
             self.lower_optimizer.zero_grad(set_to_none=True)
             if not self.guard.ok(distributed.agree_finite(pretext_loss.detach()), "lower loss", step):
@@ -179,7 +187,8 @@ class BilevelTrainer:
         lower_params = tuple(self.lower.backbone.parameters())
 
         def pretext_loss() -> torch.Tensor:
-            return self.lower(*hessian_views)
+            with autocast(hessian_views[0].device, self.hvp_precision):
+                return self.lower(*hessian_views)
 
         def make_operator() -> Any:
             return hessian_vector_operator(
@@ -218,7 +227,8 @@ class BilevelTrainer:
                     images: torch.Tensor = images,
                     targets: torch.Tensor = targets,
                 ) -> torch.Tensor:
-                    return self.downstream_loss(head(backbone(images)), targets)
+                    with autocast(images.device, self.precision):
+                        return self.downstream_loss(head(backbone(images)), targets)
 
                 with nullcontext() if s.hvp_update_bn_stats else frozen_bn_stats(self.lower):
                     result = upper_gradients(

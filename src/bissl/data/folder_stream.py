@@ -150,11 +150,16 @@ def resample_boxes(
     shrink = min(min(box[2], box[3]) for box in boxes) / image_size
     if image.format == "JPEG" and shrink >= 2.0:
         image.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
-    factor = image.size[0] / width
+    scale_x, scale_y = image.size[0] / width, image.size[1] / height
     rgb = image.convert("RGB")
     views = []
     for (left, top, box_width, box_height), flip in zip(boxes, flips, strict=True):
-        scaled = (left * factor, top * factor, (left + box_width) * factor, (top + box_height) * factor)
+        scaled = (
+            left * scale_x,
+            top * scale_y,
+            min((left + box_width) * scale_x, rgb.width),
+            min((top + box_height) * scale_y, rgb.height),
+        )
         view = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=scaled)
         if flip:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

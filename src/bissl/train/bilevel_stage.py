@@ -15,16 +15,18 @@ from bissl.config import Config
 from bissl.data.stream import BatchStream
 from bissl.errors import ConfigError
 from bissl.models import feature_dim, linear_head
+from bissl.precision import channels_last
 from bissl.runtime import GracefulStop, RunDir, progress, resolve_device, say, seed_everything
 from bissl.train.classifier import evaluate_classifier
 from bissl.train.common import (
     architecture,
     downstream_data,
-    load_data,
     load_pretext,
+    load_pretext_source,
     make_backbone,
     make_downstream_augment,
     make_two_view,
+    pretext_stream,
     save_backbone,
 )
 
@@ -52,7 +54,7 @@ def train_bilevel(
     s = config.bilevel
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    pretext_data = load_data(config, "pretext", "train")
+    pretext_data = load_pretext_source(config)
     splits, task = downstream_data(config, run.path)
     channels = pretext_data.channels
     head_path = config.head_checkpoint or _warm_head(config, run, stop, resume)
@@ -69,20 +71,21 @@ def train_bilevel(
     if config.model.sync_bn and distributed.is_distributed():
         distributed.convert_sync_batchnorm(lower)
         distributed.convert_sync_batchnorm(upper_backbone)
-    lower.to(device)
-    upper_backbone.to(device)
+    channels_last(lower.to(device), config.channels_last)
+    channels_last(upper_backbone.to(device), config.channels_last)
     upper_head.to(device)
     distributed.reseed_per_rank(config.seed)
 
     two_view = make_two_view(config, pretext_data).to(device)
     downstream_augment = make_downstream_augment(config, splits["train"]).to(device)
     rank, world = distributed.rank(), distributed.world_size()
-    lower_stream = BatchStream(
-        pretext_data, s.lower_batch_size, seed=config.seed, device=device, rank=rank, world_size=world
+    lower_stream = pretext_stream(
+        config, pretext_data, s.lower_batch_size, seed=config.seed, device=device, rank=rank, world_size=world
     )
     hessian_stream = lower_stream
     if s.hessian_batch_size is not None and s.hessian_batch_size != s.lower_batch_size:
-        hessian_stream = BatchStream(
+        hessian_stream = pretext_stream(
+            config,
             pretext_data,
             s.hessian_batch_size,
             seed=config.seed + 1,
@@ -129,6 +132,8 @@ def train_bilevel(
         max_nonfinite=config.max_nonfinite,
         reduce=reduce,
         lower_model=lower_model,
+        precision=config.precision,
+        hvp_precision=config.hvp_precision,
     )
     streams = {"lower": lower_stream, "hessian": hessian_stream, "upper": upper_stream}
     if resume and run.last_checkpoint.is_file():

@@ -17,6 +17,7 @@ from bissl.data.augment import DownstreamAugment
 from bissl.data.datasets import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
+from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress
 from bissl.train.optim import clip_grad_norm, set_lr, warmup_cosine
 
@@ -68,6 +69,8 @@ class ClassifierSettings:
     max_nonfinite: int = 5
     clip_grad: float | None = None
     sync_bn: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 def fit_classifier(
@@ -94,6 +97,7 @@ def fit_classifier(
     if settings.sync_bn and distributed.is_distributed():
         distributed.convert_sync_batchnorm(backbone)
     distributed.reseed_per_rank(settings.seed)
+    channels_last(backbone, settings.channels_last)
     parameters = [*head.parameters()]
     if settings.train_backbone:
         parameters = [*backbone.parameters(), *parameters]
@@ -165,9 +169,11 @@ def fit_classifier(
         lr = warmup_cosine(step, total_steps, 0, settings.lr, 0.0) if settings.cosine else settings.lr
         set_lr(optimizer, lr)
         images, labels = next(stream)
-        with torch.set_grad_enabled(settings.train_backbone):
-            features = model_backbone(augment(images, train=True))
-        loss = task.loss(head(features), labels)
+        inputs = augment(images, train=True)
+        with autocast(device, settings.precision):
+            with torch.set_grad_enabled(settings.train_backbone):
+                features = model_backbone(inputs)
+            loss = task.loss(head(features), labels)
         optimizer.zero_grad(set_to_none=True)
         if guard.ok(distributed.agree_finite(loss.detach()), f"{settings.stage} loss", step):
             loss.backward()

@@ -11,15 +11,17 @@ import torch
 from bissl import distributed
 from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.config import Config
-from bissl.data.stream import BatchStream
+from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, resolve_device, say, seed_everything
 from bissl.train.common import (
     architecture,
     knn_monitor,
     load_data,
+    load_pretext_source,
     make_downstream_augment,
     make_pretext,
     make_two_view,
+    pretext_stream,
     save_backbone,
     save_pretext,
 )
@@ -34,11 +36,11 @@ def pretrain(
     settings = config.pretrain
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    data = load_data(config, "pretext", "train")
+    data = load_pretext_source(config)
     task = make_pretext(config, data.channels)
     if config.model.sync_bn and distributed.is_distributed():
         distributed.convert_sync_batchnorm(task)
-    task = task.to(device)
+    task = channels_last(task.to(device), config.channels_last)
     distributed.reseed_per_rank(config.seed)
     augment = make_two_view(config, data).to(device)
     named = [(n, p) for n, p in task.named_parameters() if not n.startswith("target.")]
@@ -50,8 +52,14 @@ def pretrain(
         eta=settings.lars_eta,
     )
     world = distributed.world_size()
-    stream = BatchStream(
-        data, settings.batch_size, seed=config.seed, device=device, rank=distributed.rank(), world_size=world
+    stream = pretext_stream(
+        config,
+        data,
+        settings.batch_size,
+        seed=config.seed,
+        device=device,
+        rank=distributed.rank(),
+        world_size=world,
     )
     steps_per_epoch = max(1, len(data) // (settings.batch_size * world))
     total_steps = settings.steps if settings.steps is not None else settings.epochs * steps_per_epoch
@@ -99,7 +107,8 @@ def pretrain(
         set_lr(optimizer, lr)
         images, _ = next(stream)
         view1, view2 = augment(images)
-        loss = model(view1, view2)
+        with autocast(device, config.precision):
+            loss = model(view1, view2)
         optimizer.zero_grad(set_to_none=True)
         if guard.ok(distributed.agree_finite(loss.detach()), "pretext loss", step):
             loss.backward()
