@@ -109,7 +109,8 @@ def _run_stage(module: str, function: str, args: argparse.Namespace, config_path
     from bissl.runtime import GracefulStop, RunDir
 
     config = load_config(config_path, args.overrides)
-    distributed.init_from_env("cuda" if config.device.startswith("cuda") else None)
+    device_type = "cuda" if config.device.startswith("cuda") else "cpu" if config.device == "cpu" else None
+    distributed.init_from_env(device_type)
     out = Path(args.out)
     created = not out.exists()
     try:
@@ -128,8 +129,8 @@ def _run_stage(module: str, function: str, args: argparse.Namespace, config_path
 
 
 def _remove_if_unused(out: Path) -> None:
-    """A folder this invocation created and that holds no checkpoint is removed after a user error."""
-    if out.is_dir() and not any(p.is_file() for p in (out / "checkpoints").rglob("*")):
+    """A folder this invocation created is removed after a user error if it holds nothing but its config."""
+    if out.is_dir() and all(p.name == "config.yaml" for p in out.rglob("*") if p.is_file()):
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from bissl import distributed
     from bissl.runtime import StopRequested
 
     try:
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         module, function, _, _ = COMMANDS[args.command]
         return _run_stage(module, function, args, args.config)
     except StopRequested as stop:
-        print(f"bissl: {stop}; checkpoint written, rerun the same command to resume", file=sys.stderr)
+        if distributed.is_main():
+            print(f"bissl: {stop}; checkpoint written, rerun the same command to resume", file=sys.stderr)
         return stop.exit_code
     except BisslError as error:
         if args.debug:

@@ -211,7 +211,7 @@ def _alignment_part(
     """k-NN, linear probe and t-SNE of both frozen backbones on the downstream task (skipped when done)."""
     folder = parts.root / "alignment"
     done = _read_summary(folder)
-    if done is None:
+    if done is None and distributed.is_main():
         from bissl.train.common import downstream_data, load_backbone_weights
         from bissl.train.evaluate import alignment
 
@@ -224,7 +224,8 @@ def _alignment_part(
         result = alignment(config, models, data, task, folder)
         run.write_summary({"stage": "alignment", **result})
         parts.timings["alignment"] = time.perf_counter() - started
-        done = _read_summary(folder) or {}
+    distributed.barrier()
+    done = _read_summary(folder) or {}
     figures = {}
     if (folder / "tsne.png").is_file():
         figures["tsne"] = "alignment/tsne.png"

@@ -46,24 +46,30 @@ def autocast(
 
 
 @overload
-def channels_last(item: ModuleT, enabled: bool = True) -> ModuleT: ...
+def channels_last(item: ModuleT, enabled: bool = True, *, on_cpu: bool = False) -> ModuleT: ...
 
 
 @overload
-def channels_last(item: torch.Tensor, enabled: bool = True) -> torch.Tensor: ...
+def channels_last(item: torch.Tensor, enabled: bool = True, *, on_cpu: bool = False) -> torch.Tensor: ...
 
 
-def channels_last(item: nn.Module | torch.Tensor, enabled: bool = True) -> nn.Module | torch.Tensor:
+def channels_last(
+    item: nn.Module | torch.Tensor, enabled: bool = True, *, on_cpu: bool = False
+) -> nn.Module | torch.Tensor:
     """``item`` in NHWC memory layout: a module's 4-D parameters and buffers in place, a 4-D tensor as a copy.
 
-    Anything else (and everything when ``enabled`` is false) is returned unchanged.
+    Anything else, everything when ``enabled`` is false, and anything on the CPU unless ``on_cpu`` is returned
+    unchanged: the layout gains nothing there, and PyTorch 2.14's CPU backward of strided 1x1 convolutions in
+    NHWC corrupts memory with one thread.
     """
     if not enabled:
         return item
     if isinstance(item, nn.Module):
-        item.to(memory_format=torch.channels_last)
+        first = next(item.parameters(), None)
+        if first is not None and (on_cpu or first.device.type != "cpu"):
+            item.to(memory_format=torch.channels_last)
         return item
-    if item.dim() == 4:
+    if item.dim() == 4 and (on_cpu or item.device.type != "cpu"):
         return item.contiguous(memory_format=torch.channels_last)
     return item
 

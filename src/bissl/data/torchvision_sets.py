@@ -72,7 +72,7 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 FOLDER_PREFIX = "folder:"
-SYNTHETIC_RGB_SIZES = {"train": 384, "test": 128}
+SYNTHETIC_RGB_SIZES = {"train": 256, "test": 64}
 
 
 @dataclass(frozen=True)
@@ -649,7 +649,7 @@ def _folder_placeholder(split: str, root: str | None, download: bool) -> TensorD
 
 
 def _synthetic_rgb(split: str, root: str | None, download: bool) -> TensorDataset:
-    """384 train / 128 test 32x32 colour images of 10 classes: a stand-in for the paper's colour sets."""
+    """256 train / 64 test 32x32 colour images of 10 classes: a stand-in for the paper's colour sets."""
     train = synthetic_dataset(
         SYNTHETIC_RGB_SIZES["train"], 10, 3, 32, 1, pattern_seed=0, name="synthetic-rgb"
     )
@@ -807,7 +807,7 @@ def _register_all() -> None:
     register_dataset(
         DatasetInfo(
             name="synthetic-rgb",
-            description="synthetic colour class patterns plus noise: 384 train / 128 test 32x32, 10 classes",
+            description="synthetic colour class patterns plus noise: 256 train / 64 test 32x32, 10 classes",
             loader=_synthetic_rgb,
             locations=lambda root: ["generated in memory"],
             presence=lambda root: True,

@@ -36,6 +36,7 @@ def finetune_settings(
         checkpoint_every=f.checkpoint_every,
         seed=config.seed if seed is None else seed,
         max_nonfinite=config.max_nonfinite,
+        sync_bn=config.model.sync_bn,
     )
 
 

@@ -31,6 +31,7 @@ def warmup_settings(config: Config) -> ClassifierSettings:
         checkpoint_every=1,
         seed=config.seed,
         max_nonfinite=config.max_nonfinite,
+        sync_bn=config.model.sync_bn,
     )
 
 
