@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -230,6 +233,26 @@ def test_pretraining_forward_uses_the_configured_precision(
     ]
     assert main(["--quiet", "pretrain", "--out", str(tmp_path / "run"), *overrides]) == 0
     assert asked == [("cpu", "bf16"), ("cpu", "bf16")]
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_0() -> None:
+    script = CONFIGS.parent / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
+    script = CONFIGS.parent / "benchmarks" / "gpu_check.py"
+    env = {**os.environ, "PYTHONPATH": str(CONFIGS.parent / "src")}
+    command = [sys.executable, str(script), "--smoke", "--json", str(tmp_path / "out.json")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert all(row["ok"] for row in results["hvp_checks"])
+    assert len(results["throughput"]) == 4 and len(results["upper_phase"]) == 5
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -183,9 +183,9 @@ def _pretrain_steps(config: Config) -> int:
     """The step count a pretraining run of ``config`` takes (needed for the extra-pretext fairness mode)."""
     if config.pretrain.steps is not None:
         return config.pretrain.steps
-    from bissl.train.common import load_data
+    from bissl.train.common import load_pretext_source
 
-    data = load_data(config, "pretext", "train")
+    data = load_pretext_source(config)
     return config.pretrain.epochs * max(
         1, len(data) // (config.pretrain.batch_size * distributed.world_size())
     )

@@ -254,7 +254,7 @@ class LoaderStream:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
-        prefetch_factor: int = 4,
+        prefetch_factor: int = 2,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be positive, got {batch_size}")

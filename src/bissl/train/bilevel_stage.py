@@ -51,6 +51,9 @@ def train_bilevel(
         raise ConfigError(
             "bilevel needs pretext_checkpoint=PATH (a checkpoints/pretext.pt written by 'bissl pretrain')"
         )
+    load_checkpoint(config.pretext_checkpoint, expect_stage="pretrain")
+    if config.head_checkpoint is not None:
+        load_checkpoint(config.head_checkpoint, expect_stage="warmup")
     s = config.bilevel
     device = resolve_device(config.device)
     seed_everything(config.seed)

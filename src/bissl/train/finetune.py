@@ -37,6 +37,8 @@ def finetune_settings(
         seed=config.seed if seed is None else seed,
         max_nonfinite=config.max_nonfinite,
         sync_bn=config.model.sync_bn,
+        precision=config.precision,
+        channels_last=config.channels_last,
     )
 
 

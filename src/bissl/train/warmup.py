@@ -32,6 +32,8 @@ def warmup_settings(config: Config) -> ClassifierSettings:
         seed=config.seed,
         max_nonfinite=config.max_nonfinite,
         sync_bn=config.model.sync_bn,
+        precision=config.precision,
+        channels_last=config.channels_last,
     )
 
 
