@@ -129,8 +129,14 @@ def _run_stage(module: str, function: str, args: argparse.Namespace, config_path
 
 
 def _remove_if_unused(out: Path) -> None:
-    """A folder this invocation created is removed after a user error if it holds nothing but its config."""
-    if out.is_dir() and all(p.name == "config.yaml" for p in out.rglob("*") if p.is_file()):
+    """A folder this invocation created is removed after a user error if it holds nothing but its config and
+    data splits (no checkpoint, metrics or summary: no work is lost)."""
+
+    def setup_only(path: Path) -> bool:
+        relative = path.relative_to(out)
+        return relative == Path("config.yaml") or relative.parts[0] == "splits"
+
+    if out.is_dir() and all(setup_only(p) for p in out.rglob("*") if p.is_file()):
         shutil.rmtree(out, ignore_errors=True)
 
 
