@@ -209,7 +209,7 @@ def _naive_run(settings: BilevelConfig) -> tuple[list[torch.Tensor], list[torch.
 
 
 def _max_relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).norm() / y.norm().clamp_min(1e-30)) for x, y in zip(a, b))
+    return max(float((x.detach() - y).norm() / y.norm().clamp_min(1e-30)) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("hvp_mode", ["reuse", "recompute"])
