@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from bissl import cli
+from tests.tiny import TINY
 
-TINY = [
-    "data.pretext=synthetic",
-    "data.downstream=synthetic",
-    "data.image_size=12",
-    "model.width=4",
-    "model.blocks=[1]",
-    "pretext.projector_hidden=[8]",
-    "pretext.projector_dim=8",
+SETTINGS = [
+    *TINY,
     "pretrain.steps=4",
     "pretrain.batch_size=32",
     "warmup.epochs=1",
@@ -56,7 +51,7 @@ SECTIONS = (
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("compare")
-    assert cli.main(["--quiet", "compare", "--out", str(out), *TINY]) == 0
+    assert cli.main(["--quiet", "compare", "--out", str(out), *SETTINGS]) == 0
     return out
 
 
@@ -85,7 +80,7 @@ def test_report_has_every_section(compared: Path) -> None:
 def test_killed_compare_resumes_without_redoing_parts(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BISSL_QUIET": "1"}
-    argv = [sys.executable, "-m", "bissl", "compare", "--out", str(out), *TINY]
+    argv = [sys.executable, "-m", "bissl", "compare", "--out", str(out), *SETTINGS]
     process = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
     marker = out / "baseline" / "finetune" / "summary.json"
     deadline = time.monotonic() + 600
@@ -95,7 +90,7 @@ def test_killed_compare_resumes_without_redoing_parts(tmp_path: Path) -> None:
     process.wait()
     assert marker.exists()
     done_before = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
-    assert cli.main(["--quiet", "compare", "--out", str(out), *TINY]) == 0
+    assert cli.main(["--quiet", "compare", "--out", str(out), *SETTINGS]) == 0
     for path, mtime in done_before.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
     assert (out / "results.json").is_file() and (out / "report.html").is_file()

@@ -12,16 +12,7 @@ import torch
 from bissl import cli
 from bissl.bilevel import trainer as trainer_module
 from bissl.pretext.simclr import SimCLR
-
-TINY = [
-    "data.pretext=synthetic",
-    "data.downstream=synthetic",
-    "model.width=4",
-    "model.blocks=[1]",
-    "data.image_size=12",
-    "pretext.projector_hidden=[8]",
-    "pretext.projector_dim=8",
-]
+from tests.tiny import TINY
 
 
 def _poison_calls(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int] | None) -> None:

@@ -14,16 +14,7 @@ import torch
 
 from bissl import cli
 from bissl.checkpoint import save_checkpoint
-
-TINY = [
-    "data.pretext=synthetic",
-    "data.downstream=synthetic",
-    "model.width=4",
-    "model.blocks=[1]",
-    "data.image_size=12",
-    "pretext.projector_hidden=[8]",
-    "pretext.projector_dim=8",
-]
+from tests.tiny import TINY
 
 
 def _run(argv: list[str]) -> int:

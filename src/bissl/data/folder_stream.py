@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bissl.data.stream import epoch_permutation
+from bissl.data.stream import check_resumable, epoch_permutation, stream_state
 from bissl.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -313,27 +313,13 @@ class LoaderStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands, in the same form as ``BatchStream.state_dict``."""
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-            "num_samples": len(self.dataset),
-        }
+        return stream_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position; the dataset, batch size and world size must be the same."""
-        for key, current in (
-            ("num_samples", len(self.dataset)),
-            ("batch_size", self.batch_size),
-            ("world_size", self.world_size),
-        ):
-            if int(state[key]) != current:
-                raise DataError(
-                    f"cannot resume a data stream saved with {key}={state[key]} under {key}={current}; "
-                    "resume with the settings of the saved run"
-                )
+        check_resumable(
+            state, num_samples=len(self.dataset), batch_size=self.batch_size, world_size=self.world_size
+        )
         self.keys.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

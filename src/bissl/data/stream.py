@@ -25,6 +25,32 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=generator)
 
 
+def stream_state(stream: Any) -> dict[str, Any]:
+    """A stream's position and the sizes it was made for (shared by in-memory and disk streams)."""
+    return {
+        "epoch": stream.epoch,
+        "position": stream.position,
+        "seed": stream.seed,
+        "batch_size": stream.batch_size,
+        "world_size": stream.world_size,
+        "num_samples": len(stream.dataset),
+    }
+
+
+def check_resumable(state: dict[str, Any], *, num_samples: int, batch_size: int, world_size: int) -> None:
+    """Refuse to resume a stream saved for another dataset size, batch size or world size."""
+    for key, current in (
+        ("num_samples", num_samples),
+        ("batch_size", batch_size),
+        ("world_size", world_size),
+    ):
+        if int(state[key]) != current:
+            raise DataError(
+                f"cannot resume a data stream saved with {key}={state[key]} under {key}={current}; "
+                "resume with the settings of the saved run"
+            )
+
+
 class BatchStream:
     """An endless stream of (uint8 images, labels) batches in a fresh seeded order every epoch.
 
@@ -90,27 +116,13 @@ class BatchStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands: epoch, batches taken in it, seed, and the sizes it was made for."""
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-            "num_samples": len(self.dataset),
-        }
+        return stream_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position; the dataset, batch size and world size must be the same."""
-        for key, current in (
-            ("num_samples", len(self.dataset)),
-            ("batch_size", self.batch_size),
-            ("world_size", self.world_size),
-        ):
-            if int(state[key]) != current:
-                raise DataError(
-                    f"cannot resume a data stream saved with {key}={state[key]} under {key}={current}; "
-                    "resume with the settings of the saved run"
-                )
+        check_resumable(
+            state, num_samples=len(self.dataset), batch_size=self.batch_size, world_size=self.world_size
+        )
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
