@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bissl import cli
+from tests.test_report import SECTION_IDS
 from tests.tiny import TINY
 
 SETTINGS = [
@@ -34,18 +35,6 @@ SETTINGS = [
     "eval.probe_epochs=20",
     "eval.tsne_samples=60",
 ]
-SECTIONS = (
-    "summary",
-    "results",
-    "per-seed",
-    "statistics",
-    "probes",
-    "tsne",
-    "curves",
-    "search",
-    "timings",
-    "config",
-)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +62,7 @@ def test_results_hold_both_arms_and_statistics(compared: Path) -> None:
 
 def test_report_has_every_section(compared: Path) -> None:
     html = (compared / "report.html").read_text()
-    for section in SECTIONS:
+    for section in SECTION_IDS:
         assert f'id="{section}"' in html, section
 
 

@@ -14,7 +14,7 @@ import torch
 
 from bissl import cli
 from bissl.checkpoint import save_checkpoint
-from tests.tiny import TINY
+from tests.tiny import TINY, flat_tensors
 
 
 def _run(argv: list[str]) -> int:
@@ -37,23 +37,8 @@ def _interrupted(argv: list[str], out: Path, wait_for: Path) -> int:
     return process.returncode
 
 
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, weights_only=True)
-    flat: dict[str, torch.Tensor] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}/{key}", item)
-
-    walk("", state)
-    return flat
-
-
 def _assert_identical(a: Path, b: Path) -> None:
-    left, right = _tensors(a), _tensors(b)
+    left, right = flat_tensors(a), flat_tensors(b)
     assert left.keys() == right.keys()
     for key in left:
         assert torch.equal(left[key], right[key]), key

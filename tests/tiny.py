@@ -1,4 +1,8 @@
-"""Overrides that make every stage tiny: synthetic data at 12 px and a 4-channel one-block ResNet."""
+"""Shared test helpers: overrides that make every stage tiny, and a flat view of a checkpoint's tensors."""
+
+from pathlib import Path
+
+import torch
 
 TINY = [
     "data.pretext=synthetic",
@@ -9,3 +13,18 @@ TINY = [
     "pretext.projector_hidden=[8]",
     "pretext.projector_dim=8",
 ]
+
+
+def flat_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved checkpoint, keyed by its path through nested dicts."""
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+
+    walk("", torch.load(path, weights_only=True))
+    return flat

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bissl import cli
+from tests.tiny import flat_tensors
 
 pytestmark = pytest.mark.slow
 
@@ -75,20 +76,6 @@ def test_compare_under_torchrun_matches_the_single_process_structure(tmp_path: P
     assert _structure(two) == _structure(one)
     assert set(two["arms"]) == {"baseline", "bissl"}
     print(f"torchrun compare: {seconds:.1f} s")
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    flat: dict[str, torch.Tensor] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}/{key}", item)
-
-    walk("", torch.load(path, weights_only=True))
-    return flat
 
 
 def _interrupted(argv: list[str], wait_for: Path) -> int:
@@ -164,7 +151,7 @@ def test_sigterm_then_resume_under_torchrun_is_bit_identical(
     assert not (resumed / result).exists()
     process = _launch([command, "--out", str(resumed), *overrides])
     assert process.returncode == 0, process.stderr[-3000:]
-    left, right = _tensors(straight / result), _tensors(resumed / result)
+    left, right = flat_tensors(straight / result), flat_tensors(resumed / result)
     assert left.keys() == right.keys()
     for key in left:
         assert torch.equal(left[key], right[key]), key
