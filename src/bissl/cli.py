@@ -37,7 +37,15 @@ COMMANDS: dict[str, tuple[str, str, bool, str]] = {
         "k-NN, linear probe and t-SNE of a frozen backbone",
     ),
     "compare": ("bissl.experiment", "compare", True, "baseline against BiSSL over seeds, with a report"),
+    "import": (
+        "bissl.train.import_checkpoint",
+        "import_checkpoint",
+        True,
+        "turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, the authors') into a pretext checkpoint",
+    ),
 }
+# `bissl import` flags -> the config keys they set (they are added in front of the key=value overrides)
+IMPORT_FLAGS = {"layout": "imported.layout", "checkpoint": "imported.checkpoint", "head": "imported.head"}
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -67,6 +75,16 @@ def _add_run_options(parser: argparse.ArgumentParser, needs_out: bool) -> None:
     )
 
 
+def _add_import_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout",
+        metavar="{torchvision,timm,solo-learn,lightly,bissl-reference}",
+        help="key layout of the checkpoint (imported.layout)",
+    )
+    parser.add_argument("--checkpoint", help="the checkpoint file (imported.checkpoint)")
+    parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bissl",
@@ -76,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
     for name, (_, _, needs_out, help_text) in COMMANDS.items():
-        _add_run_options(sub.add_parser(name, help=help_text, description=help_text), needs_out)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _add_run_options(command, needs_out)
+        if name == "import":
+            _add_import_options(command)
     report = sub.add_parser("report", help="write report.html and results.json for a compare folder")
     report.add_argument("run_dir", help="a folder written by 'bissl compare'")
     demo = sub.add_parser(
@@ -175,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return _run_stage("bissl.experiment", "compare", args, _demo_config(args.quick))
+        if args.command == "import":
+            flags = [
+                f"{key}={getattr(args, flag)}" for flag, key in IMPORT_FLAGS.items() if getattr(args, flag)
+            ]
+            args.overrides = [*flags, *args.overrides]
         module, function, _, _ = COMMANDS[args.command]
         return _run_stage(module, function, args, args.config)
     except StopRequested as stop:

@@ -57,6 +57,10 @@ class PretextConfig:
     predictor_hidden: list[int] = field(default_factory=lambda: [256])
     ema: float = 0.9995
     ema_schedule: Literal["constant", "cosine"] = "constant"
+    projector_warmup_steps: int = 0
+    """bilevel: LARS steps that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
+    projector_warmup_lr: float = 1.0
+    """bilevel: peak LARS learning rate of the projector warm-up (10% linear warm-up, then cosine to bilevel.lower_final_lr_ratio of it)."""
 
 
 @dataclass
@@ -143,6 +147,8 @@ class BilevelConfig:
     clip_grad: float = 10.0
     eval_every: int = 0
     checkpoint_every: int = 10
+    lower_lars_exclude_bias_norm: bool | None = None
+    """Lower-level LARS leaves biases and norm parameters without weight decay and trust ratio (null: as pretrain.lars_exclude_bias_norm)."""
 
 
 @dataclass
@@ -192,6 +198,22 @@ class CompareConfig:
 
 
 @dataclass
+class ImportConfig:
+    """`bissl import`: a public SSL checkpoint turned into a pretext checkpoint."""
+
+    layout: Literal["torchvision", "timm", "solo-learn", "lightly", "bissl-reference"] | None = None
+    """Key layout of the checkpoint: torchvision or timm ResNet state dict, solo-learn or lightly checkpoint, or the BiSSL authors' pretext files."""
+    checkpoint: str | None = None
+    """The checkpoint file (backbone weights, with the projector when the release holds one)."""
+    head: str | None = None
+    """bissl-reference only: the separate head file (projector, BYOL predictor) released beside the backbone."""
+    projector: bool = True
+    """Import the release's projector (and BYOL predictor) when it holds one that fits pretext.*; false leaves the head untrained."""
+    trust_pickle: bool = False
+    """Load a checkpoint that pickles Python objects besides tensors (Lightning hyper-parameters); only for files you trust."""
+
+
+@dataclass
 class Config:
     """A whole experiment. Stage sections are read by the command that runs that stage."""
 
@@ -215,6 +237,8 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    imported: ImportConfig = field(default_factory=ImportConfig)
+    """`bissl import`: the public checkpoint to convert."""
 
 
 def _type_name(tp: Any) -> str:
@@ -375,7 +399,15 @@ def validate(config: Config) -> None:
     for key in ("alternations", "lower_steps", "upper_steps", "lower_batch_size", "upper_batch_size"):
         value = getattr(b, key)
         _check(value >= 1, f"config key 'bilevel.{key}' must be >= 1, got {value}")
-    _check(b.cg_iterations >= 0, f"config key 'bilevel.cg_iterations' must be >= 0, got {b.cg_iterations}")
+    _check(
+        b.cg_iterations >= 1 or b.solver in ("exact", "identity"),
+        f"config key 'bilevel.cg_iterations' must be >= 1 for solver {b.solver!r} (0 iterations return a zero "
+        f"implicit term), got {b.cg_iterations}",
+    )
+    _check(
+        config.pretext.projector_warmup_steps >= 0,
+        f"config key 'pretext.projector_warmup_steps' must be >= 0, got {config.pretext.projector_warmup_steps}",
+    )
     _check(b.tolerance >= 0, f"config key 'bilevel.tolerance' must be >= 0, got {b.tolerance}")
     _check(
         0 < config.data.val_fraction < 1,

@@ -29,6 +29,7 @@ from bissl.train.common import (
     pretext_stream,
     save_backbone,
 )
+from bissl.train.projector_warmup import lower_exclude_bias_norm, require_trained_projector, warm_projector
 
 
 def _warm_head(config: Config, run: RunDir, stop: GracefulStop, resume: bool) -> str:
@@ -51,7 +52,9 @@ def train_bilevel(
         raise ConfigError(
             "bilevel needs pretext_checkpoint=PATH (a checkpoints/pretext.pt written by 'bissl pretrain')"
         )
-    load_checkpoint(config.pretext_checkpoint, expect_stage="pretrain")
+    pretext_state = load_checkpoint(config.pretext_checkpoint, expect_stage="pretrain")
+    require_trained_projector(pretext_state["meta"], config, config.pretext_checkpoint)
+    del pretext_state
     if config.head_checkpoint is not None:
         load_checkpoint(config.head_checkpoint, expect_stage="warmup")
     s = config.bilevel
@@ -131,7 +134,7 @@ def train_bilevel(
         s,
         hessian_batches=hessian_batches,
         lars_eta=config.pretrain.lars_eta,
-        lars_exclude_bias_norm=config.pretrain.lars_exclude_bias_norm,
+        lars_exclude_bias_norm=lower_exclude_bias_norm(config),
         max_nonfinite=config.max_nonfinite,
         reduce=reduce,
         lower_model=lower_model,
@@ -139,7 +142,11 @@ def train_bilevel(
         hvp_precision=config.hvp_precision,
     )
     streams = {"lower": lower_stream, "hessian": hessian_stream, "upper": upper_stream}
-    if resume and run.last_checkpoint.is_file():
+    resuming = resume and run.last_checkpoint.is_file()
+    if not resuming:
+        warm_projector(lower, config, pretext_data, two_view, run, stop=stop, device=device, resume=resume)
+        lower.reset_target()
+    if resuming:
         state = load_checkpoint(run.last_checkpoint, expect_stage="bilevel-state")
         check_architecture(state, architecture(config, channels), run.last_checkpoint)
         trainer.load_state_dict(state["trainer"])

@@ -1,0 +1,171 @@
+"""Projector warm-up: train the pretext head φ_P on the frozen backbone before the BiSSL alternations.
+
+The lower level starts from (θ, φ_P). A checkpoint imported from a release without a projector has an untrained
+φ_P, and the first lower steps would then push θ with the gradient of a random head. ``pretext.projector_warmup_
+steps`` LARS steps on the pretext loss train the head alone first: the backbone's parameters get no gradient
+and its BatchNorm running statistics are restored afterwards (the forward uses batch statistics, as the lower
+level does). Optimiser: LARS as the lower level (weight decay, momentum and parameter groups of ``bilevel.lower_
+*``), peak lr ``pretext.projector_warmup_lr``, 10% linear warm-up then cosine to ``bilevel.lower_final_lr_ratio``
+of the peak, gradient clipping at ``bilevel.clip_grad``. Batches come from their own pretext stream (seed + 2),
+so the alternations see the same data with or without a warm-up. It checkpoints (head, optimiser, stream, RNG)
+into ``checkpoints/projector_warmup.pt`` every ``bilevel.checkpoint_every × bilevel.lower_steps`` steps and on
+SIGTERM; a rerun continues bit-identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bissl import distributed
+from bissl.bilevel.hvp import frozen_bn_stats
+from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from bissl.config import Config
+from bissl.data.augment import TwoViewAugment
+from bissl.data.datasets import TensorDataset
+from bissl.data.folder_stream import DiskDataset
+from bissl.errors import ConfigError
+from bissl.precision import autocast
+from bissl.pretext import PretextTask
+from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, say
+from bissl.train.common import pretext_stream
+from bissl.train.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
+
+WARMUP_FILE = "projector_warmup.pt"
+WARMUP_STAGE = "projector-warmup-state"
+
+
+def lower_exclude_bias_norm(config: Config) -> bool:
+    """Whether the lower level's LARS leaves biases and norms out (bilevel knob, else pretraining's)."""
+    chosen = config.bilevel.lower_lars_exclude_bias_norm
+    return config.pretrain.lars_exclude_bias_norm if chosen is None else chosen
+
+
+def require_trained_projector(pretext_meta: dict[str, Any], config: Config, source: str) -> None:
+    """Refuse a checkpoint imported without a projector unless the projector warm-up is switched on."""
+    if pretext_meta.get("projector") == "absent" and config.pretext.projector_warmup_steps == 0:
+        imported = pretext_meta.get("imported") or {}
+        origin = f" (imported from a {imported.get('layout')} checkpoint)" if imported else ""
+        raise ConfigError(
+            f"pretext checkpoint '{source}'{origin} holds no trained projector; set "
+            "pretext.projector_warmup_steps=N (e.g. 1000) to train it on the frozen backbone before BiSSL"
+        )
+
+
+def warm_projector(
+    task: PretextTask,
+    config: Config,
+    data: TensorDataset | DiskDataset,
+    two_view: TwoViewAugment,
+    run: RunDir,
+    *,
+    stop: GracefulStop,
+    device: torch.device,
+    resume: bool,
+) -> dict[str, Any] | None:
+    """Run the projector warm-up on ``task`` (in place); returns its summary, or None when it is off."""
+    total = config.pretext.projector_warmup_steps
+    if total == 0:
+        return None
+    s = config.bilevel
+    head_parameters = [(f"head.{n}", p) for n, p in task.head.named_parameters()]
+    optimizer = LARS(
+        lars_groups(head_parameters, lower_exclude_bias_norm(config)),
+        lr=config.pretext.projector_warmup_lr,
+        momentum=s.lower_momentum,
+        weight_decay=s.lower_weight_decay,
+        eta=config.pretrain.lars_eta,
+    )
+    stream = pretext_stream(
+        config,
+        data,
+        s.lower_batch_size,
+        seed=config.seed + 2,
+        device=device,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
+    guard = NonFiniteGuard(config.max_nonfinite)
+    path = run.checkpoints / WARMUP_FILE
+    start = 0
+    if resume and path.is_file():
+        state = load_checkpoint(path, expect_stage=WARMUP_STAGE)
+        task.load_state_dict(state["head"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        stream.load_state_dict(state["stream"])
+        guard.load_state_dict(state["guard"])
+        set_rng_state(distributed.own_entry(state["rng"]))
+        start = int(state["step"])
+        if start < total:
+            say(f"resuming the projector warm-up at step {start}/{total}")
+
+    def checkpoint(step: int) -> None:
+        rng = distributed.per_rank(rng_state())
+        if distributed.is_main():
+            head_state = {k: v for k, v in task.state_dict().items() if not k.startswith("backbone.")}
+            save_checkpoint(
+                path,
+                {
+                    "meta": {"stage": WARMUP_STAGE},
+                    "head": head_state,
+                    "optimizer": optimizer.state_dict(),
+                    "stream": stream.state_dict(),
+                    "guard": guard.state_dict(),
+                    "rng": rng,
+                    "step": step,
+                },
+            )
+        distributed.barrier()
+
+    parameters = [p for _, p in head_parameters]
+    every = max(1, s.checkpoint_every * s.lower_steps)
+    peak = config.pretext.projector_warmup_lr
+    linear_steps = round(0.1 * total)
+    last_loss = float("nan")
+    task.train()
+    task.backbone.requires_grad_(False)
+    bar = progress(total, "projector warm-up", initial=start)
+    try:
+        with frozen_bn_stats(task.backbone):
+            for step in range(start, total):
+                lr = warmup_cosine(step, total, linear_steps, peak, peak * s.lower_final_lr_ratio)
+                set_lr(optimizer, lr)
+                images, _ = next(stream)
+                view1, view2 = two_view(images)
+                with autocast(device, config.precision):
+                    loss = task(view1, view2)
+                optimizer.zero_grad(set_to_none=True)
+                if guard.ok(distributed.agree_finite(loss.detach()), "projector warm-up loss", step):
+                    loss.backward()
+                    _average_gradients(parameters)
+                    grad_norm = clip_grad_norm(parameters, s.clip_grad)
+                    if guard.ok(grad_norm, "projector warm-up gradient norm", step):
+                        optimizer.step()
+                        task.after_step((step + 1) / total)
+                        last_loss = float(loss.detach())
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}")
+                if (step + 1) % config.pretrain.log_every == 0 or step + 1 == total:
+                    loss_mean = distributed.average_scalar(last_loss)
+                    run.log({"stage": "projector-warmup", "step": step + 1, "loss": loss_mean, "lr": lr})
+                if distributed.agree_stop(stop) or (step + 1) % every == 0:
+                    checkpoint(step + 1)
+                    stop.check()
+    finally:
+        task.backbone.requires_grad_(True)
+        bar.close()
+    if start < total:
+        checkpoint(total)
+        say(f"projector warm-up done: {total} steps, loss {last_loss:.4f}")
+    return {"steps": total, "final_loss": last_loss}
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Average the head's gradients across ranks (one flat all-reduce; a no-op in one process)."""
+    if not distributed.is_distributed():
+        return
+    with_grad = [p for p in parameters if p.grad is not None]
+    averaged = distributed.all_reduce_flat(tuple(p.grad for p in with_grad if p.grad is not None))
+    for p, g in zip(with_grad, averaged, strict=True):
+        p.grad = g
