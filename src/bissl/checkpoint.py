@@ -77,6 +77,12 @@ def check_architecture(state: dict[str, Any], architecture: dict[str, Any], sour
     """Refuse a checkpoint whose architecture differs from the configured one, naming the first mismatch."""
     saved = state["meta"].get("architecture", {})
     for key in sorted(set(saved) | set(architecture)):
+        if key == "in_channels" and saved.get(key) != architecture.get(key):
+            raise CheckpointError(
+                f"checkpoint '{source}' has model.in_channels={saved.get(key)!r} but the data has "
+                f"{architecture.get(key)!r} channels; set data.channels={saved.get(key)} or use a checkpoint "
+                f"trained on {architecture.get(key)}-channel images"
+            )
         if saved.get(key) != architecture.get(key):
             raise CheckpointError(
                 f"checkpoint '{source}' has model.{key}={saved.get(key)!r} but the config says "

@@ -1,7 +1,10 @@
-"""``bissl <command> --config FILE --out DIR [key=value ...]``: one entry point for every stage.
+"""``bissl <command> --config FILE|NAME --out DIR [key=value ...]``: one entry point for every stage.
 
 User errors end with one line on stderr and exit code 2 (``--debug`` shows the traceback); SIGTERM and
 SIGINT finish the current step, write a checkpoint and exit with 143 / 130.
+
+Two tables hold the commands: ``STAGES`` (commands that run a stage from a config into an ``--out`` folder) and
+``TOOLS`` (commands that inspect or report). A new command is one entry in either.
 """
 
 from __future__ import annotations
@@ -13,40 +16,102 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from bissl.errors import BisslError
 
-# command -> (module, function, needs --out, help)
-COMMANDS: dict[str, tuple[str, str, bool, str]] = {
-    "pretrain": ("bissl.train.pretrain", "pretrain", True, "self-supervised pretraining (SimCLR or BYOL)"),
-    "warmup": (
+TOP_LEVEL_KEYS = "seed, device, precision, the checkpoint paths"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A command that runs ``module.function(config, run, stop=..., resume=...)`` into a run folder.
+
+    ``sections`` are the config sections it reads (named in its --help); ``options`` adds its own flags and
+    ``flag_keys`` maps those flags to the config keys they set (put in front of the key=value overrides)."""
+
+    module: str
+    function: str
+    help: str
+    sections: tuple[str, ...]
+    needs_out: bool = True
+    options: Callable[[argparse.ArgumentParser], None] | None = None
+    flag_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A command with its own arguments that returns an exit code."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _add_import_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout",
+        metavar="{torchvision,timm,solo-learn,lightly,bissl-reference}",
+        help="key layout of the checkpoint (imported.layout)",
+    )
+    parser.add_argument("--checkpoint", help="the checkpoint file (imported.checkpoint)")
+    parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
+
+
+STAGES: dict[str, Stage] = {
+    "pretrain": Stage(
+        "bissl.train.pretrain",
+        "pretrain",
+        "self-supervised pretraining (SimCLR or BYOL)",
+        ("data", "model", "pretext", "augment", "pretrain", "logging"),
+    ),
+    "warmup": Stage(
         "bissl.train.warmup",
         "warmup",
-        True,
         "train the downstream head on the frozen pretext backbone",
+        ("data", "model", "pretext", "augment", "warmup", "bilevel", "logging"),
     ),
-    "bilevel": ("bissl.train.bilevel_stage", "train_bilevel", True, "the alternating BiSSL stage"),
-    "finetune": ("bissl.train.finetune", "finetune", True, "fine-tune a backbone with a fresh linear head"),
-    "search": ("bissl.train.search", "search", True, "hyper-parameter search for fine-tuning, then seeds"),
-    "evaluate": (
+    "bilevel": Stage(
+        "bissl.train.bilevel_stage",
+        "train_bilevel",
+        "the alternating BiSSL stage",
+        ("data", "model", "pretext", "augment", "pretrain", "warmup", "bilevel", "logging"),
+    ),
+    "finetune": Stage(
+        "bissl.train.finetune",
+        "finetune",
+        "fine-tune a backbone with a fresh linear head",
+        ("data", "model", "augment", "finetune", "logging"),
+    ),
+    "search": Stage(
+        "bissl.train.search",
+        "search",
+        "hyper-parameter search for fine-tuning, then seeds",
+        ("data", "model", "augment", "finetune", "search", "logging"),
+    ),
+    "evaluate": Stage(
         "bissl.train.evaluate",
         "evaluate",
-        True,
         "k-NN, linear probe and t-SNE of a frozen backbone",
+        ("data", "model", "augment", "eval", "logging"),
     ),
-    "compare": ("bissl.experiment", "compare", True, "baseline against BiSSL over seeds, with a report"),
-    "import": (
+    "compare": Stage(
+        "bissl.experiment",
+        "compare",
+        "baseline against BiSSL over seeds, with a report",
+        ("every section",),
+    ),
+    "import": Stage(
         "bissl.train.import_checkpoint",
         "import_checkpoint",
-        True,
         "turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, the authors') into a pretext checkpoint",
+        ("imported", "model", "pretext"),
+        options=_add_import_options,
+        flag_keys={"layout": "imported.layout", "checkpoint": "imported.checkpoint", "head": "imported.head"},
     ),
 }
-# `bissl import` flags -> the config keys they set (they are added in front of the key=value overrides)
-IMPORT_FLAGS = {"layout": "imported.layout", "checkpoint": "imported.checkpoint", "head": "imported.head"}
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,8 +122,28 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _sections_epilog(sections: tuple[str, ...]) -> str:
+    """The --help footer of a stage: the config sections it reads and where to see their keys."""
+    if sections == ("every section",):
+        reads = "every config section"
+    else:
+        reads = "config sections " + ", ".join(sections) + f" and the top-level keys ({TOP_LEVEL_KEYS})"
+    return (
+        f"Reads {reads}. Every key, its value and what it does: "
+        "'bissl config show [--config X] [SECTION ...] [key=value ...]'; the shipped configs: 'bissl configs'."
+    )
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help="a shipped config by name (e.g. demo; 'bissl configs' lists them) or a YAML file; "
+        "defaults apply without it",
+    )
+
+
 def _add_run_options(parser: argparse.ArgumentParser, needs_out: bool) -> None:
-    parser.add_argument("--config", help="YAML experiment file (see configs/); defaults apply without it")
+    _add_config_option(parser)
     parser.add_argument(
         "--out", required=needs_out, help="run folder: config.yaml, metrics.jsonl, checkpoints/, summary.json"
     )
@@ -75,14 +160,78 @@ def _add_run_options(parser: argparse.ArgumentParser, needs_out: bool) -> None:
     )
 
 
-def _add_import_options(parser: argparse.ArgumentParser) -> None:
+# ---------------------------------------------------------------------------------------------------------
+# Tools
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a folder written by 'bissl compare'")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bissl.report import write_report
+
+    print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--layout",
-        metavar="{torchvision,timm,solo-learn,lightly,bissl-reference}",
-        help="key layout of the checkpoint (imported.layout)",
+        "action", choices=["list"], help="'list': every dataset name, where it looks, whether it is present"
     )
-    parser.add_argument("--checkpoint", help="the checkpoint file (imported.checkpoint)")
-    parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
+    parser.add_argument("--root", default=None, help="data root to look in")
+
+
+def _data(args: argparse.Namespace) -> int:
+    print(describe_datasets(args.root))
+    return 0
+
+
+def _configs_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _configs(args: argparse.Namespace) -> int:
+    print(describe_shipped_configs())
+    return 0
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="show", required=True, parser_class=_Parser)
+    show = actions.add_parser(
+        "show",
+        help="every resolved key, its value and what it does",
+        description="Every key of the resolved config (defaults, then --config, then the overrides), its "
+        "value and a one-line description.",
+    )
+    _add_config_option(show)
+    show.add_argument(
+        "items",
+        nargs="*",
+        metavar="SECTION|key=value",
+        help="key=value overrides to resolve, and section or key names to show only those (e.g. bilevel)",
+    )
+
+
+def _config(args: argparse.Namespace) -> int:
+    from bissl.config import describe_config, load_config
+
+    overrides = [item for item in args.items if "=" in item]
+    sections = [item for item in args.items if "=" not in item]
+    print(describe_config(load_config(args.config, overrides), sections))
+    return 0
+
+
+TOOLS: dict[str, Tool] = {
+    "report": Tool("write report.html and results.json for a compare folder", _report_arguments, _report),
+    "data": Tool("dataset utilities", _data_arguments, _data),
+    "configs": Tool("list the shipped configs with their descriptions", _configs_arguments, _configs),
+    "config": Tool(
+        "'config show': every key of a resolved config with its value and description",
+        _config_arguments,
+        _config,
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,41 +242,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
-    for name, (_, _, needs_out, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        _add_run_options(command, needs_out)
-        if name == "import":
-            _add_import_options(command)
-    report = sub.add_parser("report", help="write report.html and results.json for a compare folder")
-    report.add_argument("run_dir", help="a folder written by 'bissl compare'")
+    for name, stage in STAGES.items():
+        command = sub.add_parser(
+            name, help=stage.help, description=stage.help, epilog=_sections_epilog(stage.sections)
+        )
+        _add_run_options(command, stage.needs_out)
+        if stage.options is not None:
+            stage.options(command)
     demo = sub.add_parser(
-        "demo", help="compare on embedded data (configs/demo.yaml): SimCLR on Fashion-MNIST -> digits"
+        "demo",
+        help="compare on embedded data (shipped config demo): SimCLR on Fashion-MNIST -> digits",
+        description="'bissl compare' with the shipped config demo (--quick: demo-quick); runs from any folder",
+        epilog=_sections_epilog(("every section",)),
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    demo.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (config demo-quick)")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     demo.add_argument("--force", action="store_true", help="reuse an --out folder made with another config")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
-    data = sub.add_parser("data", help="dataset utilities")
-    data.add_argument(
-        "action", choices=["list"], help="'list': every dataset name, where it looks, whether it is present"
-    )
-    data.add_argument("--root", default=None, help="data root to look in")
+    for name, tool in TOOLS.items():
+        tool.arguments(sub.add_parser(name, help=tool.help, description=tool.help))
     return parser
-
-
-def _demo_config(quick: bool) -> str:
-    name = "demo-quick.yaml" if quick else "demo.yaml"
-    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
-        if (folder / name).is_file():
-            return str(folder / name)
-    raise BisslError(f"configs/{name} not found; run 'bissl demo' from the repository root")
 
 
 def _run_stage(module: str, function: str, args: argparse.Namespace, config_path: str | None) -> int:
     from bissl import distributed
     from bissl.config import load_config
-    from bissl.runtime import GracefulStop, RunDir
+    from bissl.runtime import GracefulStop, RunDir, close_tensorboard_logs
 
     config = load_config(config_path, args.overrides)
     device_type = "cuda" if config.device.startswith("cuda") else "cpu" if config.device == "cpu" else None
@@ -145,6 +286,7 @@ def _run_stage(module: str, function: str, args: argparse.Namespace, config_path
             _remove_if_unused(out)
         raise
     finally:
+        close_tensorboard_logs()
         distributed.shutdown()
     return 0
 
@@ -174,6 +316,19 @@ def describe_datasets(root: str | None) -> str:
     return "\n".join(lines)
 
 
+def describe_shipped_configs() -> str:
+    """One line per shipped config: its name (what --config takes) and its description."""
+    from bissl.config import SHIPPED_CONFIGS, config_description, shipped_configs
+
+    configs = shipped_configs()
+    if not configs:
+        return "no configs are shipped with this installation"
+    width = max(len(name) for name in configs)
+    lines = [f"{name:<{width}}  {config_description(path)}" for name, path in configs.items()]
+    lines.append(f"(files in {SHIPPED_CONFIGS}; --config takes a name or the path of any YAML file)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -186,23 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     from bissl.runtime import StopRequested
 
     try:
-        if args.command == "report":
-            from bissl.report import write_report
-
-            print(write_report(Path(args.run_dir)))
-            return 0
-        if args.command == "data":
-            print(describe_datasets(args.root))
-            return 0
+        if args.command in TOOLS:
+            return TOOLS[args.command].run(args)
         if args.command == "demo":
-            return _run_stage("bissl.experiment", "compare", args, _demo_config(args.quick))
-        if args.command == "import":
-            flags = [
-                f"{key}={getattr(args, flag)}" for flag, key in IMPORT_FLAGS.items() if getattr(args, flag)
-            ]
-            args.overrides = [*flags, *args.overrides]
-        module, function, _, _ = COMMANDS[args.command]
-        return _run_stage(module, function, args, args.config)
+            return _run_stage("bissl.experiment", "compare", args, "demo-quick" if args.quick else "demo")
+        stage = STAGES[args.command]
+        flags = [
+            f"{key}={getattr(args, flag)}" for flag, key in stage.flag_keys.items() if getattr(args, flag)
+        ]
+        args.overrides = [*flags, *args.overrides]
+        return _run_stage(stage.module, stage.function, args, args.config)
     except StopRequested as stop:
         if distributed.is_main():
             print(f"bissl: {stop}; checkpoint written, rerun the same command to resume", file=sys.stderr)

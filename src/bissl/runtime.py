@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import random
 import signal
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,8 +78,91 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+TENSORBOARD_MISSING = (
+    "logging.tensorboard=true needs the tensorboard package: pip install 'bissl[tensorboard]' "
+    "(or set logging.tensorboard=false)"
+)
+# Keys of a metrics record that give its TensorBoard step, in order of preference.
+STEP_KEYS = ("step", "alternation", "trial", "epoch")
+# Event writers held open at once (each holds a file and a thread); the least recently used closes first.
+MAX_OPEN_WRITERS = 8
+
+
+def scalar_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a metrics record by (slash-joined, for nested dicts) name; strings, booleans, lists and
+    nulls are left out."""
+    scalars: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            scalars.update(scalar_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            scalars[prefix + key] = float(value)
+    return scalars
+
+
+class TensorBoardLog:
+    """TensorBoard event files in one folder: every number of a metrics record as the scalar
+    ``<stage>/<name>``, at the record's step (``step``, ``alternation``, ``trial`` or ``epoch``; else a count
+    of that stage's records)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.writer = tensorboard_writer_class()(log_dir=str(folder))
+        self.counts: dict[str, int] = {}
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = _jsonable(record)
+        stage = str(record.get("stage", "run"))
+        step_key = next((k for k in STEP_KEYS if isinstance(record.get(k), int)), None)
+        if step_key is not None:
+            step = int(record[step_key])
+        else:
+            step = self.counts.get(stage, 0)
+            self.counts[stage] = step + 1
+        for name, value in scalar_metrics(record).items():
+            if name != step_key:
+                self.writer.add_scalar(f"{stage}/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_writer_class() -> Any:
+    """torch's SummaryWriter; a missing tensorboard package raises ConfigError saying how to install it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
+_TENSORBOARD_LOGS: OrderedDict[Path, TensorBoardLog] = OrderedDict()
+
+
+def tensorboard_log(folder: Path) -> TensorBoardLog:
+    """The open event writer of ``folder`` (opened on first use; at most MAX_OPEN_WRITERS stay open)."""
+    key = folder.resolve()
+    if key in _TENSORBOARD_LOGS:
+        _TENSORBOARD_LOGS.move_to_end(key)
+        return _TENSORBOARD_LOGS[key]
+    while len(_TENSORBOARD_LOGS) >= MAX_OPEN_WRITERS:
+        _TENSORBOARD_LOGS.popitem(last=False)[1].close()
+    log = _TENSORBOARD_LOGS[key] = TensorBoardLog(folder)
+    return log
+
+
+def close_tensorboard_logs() -> None:
+    """Close every open event writer (also run at exit)."""
+    while _TENSORBOARD_LOGS:
+        _TENSORBOARD_LOGS.popitem()[1].close()
+
+
+atexit.register(close_tensorboard_logs)
+
+
 class RunDir:
-    """A run's output folder: config.yaml, metrics.jsonl, checkpoints/, summary.json.
+    """A run's output folder: config.yaml, metrics.jsonl, checkpoints/, summary.json, and TensorBoard event
+    files of the metrics when ``logging.tensorboard`` is on.
 
     Only rank 0 writes. An existing folder made with a different config is refused unless ``resume`` or
     ``force`` is given, so a typo never overwrites finished work.
@@ -91,6 +176,8 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         if not distributed.is_main():
             return
+        if config.logging.tensorboard:
+            tensorboard_writer_class()
         config_file = self.path / "config.yaml"
         if config_file.exists() and not (resume or force) and config_file.read_text() != dump_yaml(config):
             raise BisslError(
@@ -113,10 +200,12 @@ class RunDir:
         return self.checkpoints / "last.pt"
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON object to metrics.jsonl."""
+        """Append one JSON object to metrics.jsonl (and its numbers to the event files, when asked)."""
         if distributed.is_main():
             with open(self.path / "metrics.jsonl", "a") as stream:
                 stream.write(json.dumps(_jsonable(record)) + "\n")
+            if self.config.logging.tensorboard:
+                tensorboard_log(self.path).write(record)
 
     def write_json(self, name: str, data: dict[str, Any]) -> Path:
         """Write a JSON file into the run folder (atomically)."""

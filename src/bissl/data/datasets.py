@@ -40,6 +40,9 @@ SYNTHETIC_DEFAULT_CLASSES = 10
 SYNTHETIC_DEFAULT_CHANNELS = 1
 SYNTHETIC_DEFAULT_IMAGE_SIZE = 16
 
+# ITU-R 601 luma weights (PIL's convert("L")): colour images and their statistics become grey with them.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
 # IDX type codes: numpy dtype (big-endian where it matters) of the payload.
 IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
@@ -155,6 +158,38 @@ def resize_images(images: torch.Tensor, image_size: int, chunk: int = 4096) -> t
         )
         out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def grey_stats(values: tuple[float, ...]) -> tuple[float, ...]:
+    """Per-channel colour statistics (mean or std) as one grey channel, weighted as luma is."""
+    if len(values) == 1:
+        return values
+    return (sum(w * v for w, v in zip(LUMA_WEIGHTS, values, strict=True)),)
+
+
+def convert_channels(dataset: TensorDataset, channels: int) -> TensorDataset:
+    """The dataset with ``channels`` image channels: grey repeated to RGB, or RGB to grey by luma (as PIL does);
+    the normalisation statistics follow (repeated, or luma-weighted)."""
+    have = dataset.channels
+    if have == channels:
+        return dataset
+    if have == 1 and channels == 3:
+        return replace(
+            dataset,
+            images=dataset.images.expand(-1, 3, -1, -1).contiguous(),
+            mean=dataset.mean * 3,
+            std=dataset.std * 3,
+        )
+    if have == 3 and channels == 1:
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32).view(1, 3, 1, 1)
+        grey = (dataset.images.to(torch.float32) * weights).sum(dim=1, keepdim=True)
+        return replace(
+            dataset,
+            images=grey.round_().clamp_(0, 255).to(torch.uint8),
+            mean=grey_stats(dataset.mean),
+            std=grey_stats(dataset.std),
+        )
+    raise DataError(f"dataset {dataset.name!r} has {have} channels; it cannot be converted to {channels}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,11 +313,13 @@ def load_dataset(
     image_size: int | None = None,
     limit: int | None = None,
     seed: int = 0,
+    channels: int | None = None,
 ) -> TensorDataset:
     """Load split ``train`` or ``test`` of a registered dataset into memory as uint8 tensors.
 
     ``limit`` keeps a random subset of that many samples (drawn with ``seed``, kept in dataset order);
-    ``image_size`` resizes once on load (bilinear, antialiased) when it differs from the native size.
+    ``image_size`` resizes once on load (bilinear, antialiased) when it differs from the native size;
+    ``channels`` (1 or 3) converts the images (see :func:`convert_channels`), None keeps the dataset's own.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
@@ -303,6 +340,8 @@ def load_dataset(
         dataset = dataset.subset(keep)
     if image_size is not None:
         dataset = replace(dataset, images=resize_images(dataset.images, image_size))
+    if channels is not None:
+        dataset = convert_channels(dataset, channels)
     return dataset
 
 

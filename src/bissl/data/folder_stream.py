@@ -23,22 +23,46 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bissl.data.datasets import grey_stats
 from bissl.data.stream import check_resumable, epoch_permutation, stream_state
 from bissl.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL modes of single-channel images; the 16-bit ones are scaled to 8 bits on decode.
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 CROP_ATTEMPTS = 10
 ViewMode = Literal["two-view", "crop", "center"]
 SampleKey = tuple[int, int, int, int]
+
+
+def image_channels(files: Sequence[str]) -> int:
+    """1 when every file is a single-channel image (PIL modes 1, L, LA, I, I;16), else 3. Only headers are read,
+    and the scan stops at the first colour image."""
+    for path in files:
+        with open_image(path) as image:
+            if image.mode not in GREY_MODES:
+                return 3
+    return 1 if files else 3
+
+
+def as_mode(image: Image.Image, channels: int) -> Image.Image:
+    """An opened image as 8-bit grey (``channels=1``) or RGB: 16-bit grey is scaled to 8 bits (PIL's own
+    conversion clips it), colour becomes grey by luma, grey becomes RGB by repeating the channel."""
+    if image.mode in WIDE_GREY_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    return image.convert("L" if channels == 1 else "RGB")
 
 
 @dataclass
 class DiskDataset:
     """Image files with their labels: (N,) int64, or (N, K) float32 multi-hot when ``multilabel``.
 
-    Images are decoded only when read; ``mean`` and ``std`` (in [0, 1] units) are the normalisation the views
-    get (ImageNet statistics by default).
+    Images are decoded only when read, as ``channels`` channels (3: RGB, 1: grey); ``mean`` and ``std`` (in
+    [0, 1] units) are the normalisation the views get: ImageNet statistics by default, luma-weighted to one
+    value each for grey images.
     """
 
     files: list[str]
@@ -48,8 +72,15 @@ class DiskDataset:
     name: str = "folder"
     mean: tuple[float, ...] = field(default=IMAGENET_MEAN)
     std: tuple[float, ...] = field(default=IMAGENET_STD)
+    channels: int = 3
 
     def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise DataError(
+                f"dataset {self.name!r}: images are decoded with 1 or 3 channels, not {self.channels}"
+            )
+        if self.channels == 1:
+            self.mean, self.std = grey_stats(self.mean), grey_stats(self.std)
         if self.labels.shape[0] != len(self.files):
             raise DataError(
                 f"dataset {self.name!r}: {len(self.files)} files but {self.labels.shape[0]} labels"
@@ -61,11 +92,6 @@ class DiskDataset:
 
     def __len__(self) -> int:
         return len(self.files)
-
-    @property
-    def channels(self) -> int:
-        """Images are always decoded as RGB."""
-        return 3
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> DiskDataset:
         """The samples at ``indices``, with the same name, classes and statistics."""
@@ -141,37 +167,38 @@ def open_image(path: str) -> Iterator[Image.Image]:
 
 
 def resample_boxes(
-    image: Image.Image, image_size: int, boxes: Sequence[Box], flips: Sequence[bool]
+    image: Image.Image, image_size: int, boxes: Sequence[Box], flips: Sequence[bool], channels: int = 3
 ) -> torch.Tensor:
     """Each box of an opened image resampled to ``image_size`` square (bilinear, antialiased), flipped where
-    asked, as uint8 (V, 3, S, S). JPEGs are decoded at a reduced scale when every box stays at least twice
-    ``image_size``, which makes decoding of large photos several times cheaper."""
+    asked, as uint8 (V, C, S, S) with ``channels`` channels. JPEGs are decoded at a reduced scale when every box
+    stays at least twice ``image_size``, which makes decoding of large photos several times cheaper."""
     width, height = image.size
     shrink = min(min(box[2], box[3]) for box in boxes) / image_size
     if image.format == "JPEG" and shrink >= 2.0:
-        image.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
+        image.draft("L" if channels == 1 else "RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
     scale_x, scale_y = image.size[0] / width, image.size[1] / height
-    rgb = image.convert("RGB")
+    decoded = as_mode(image, channels)
     views = []
     for (left, top, box_width, box_height), flip in zip(boxes, flips, strict=True):
         scaled = (
             left * scale_x,
             top * scale_y,
-            min((left + box_width) * scale_x, rgb.width),
-            min((top + box_height) * scale_y, rgb.height),
+            min((left + box_width) * scale_x, decoded.width),
+            min((top + box_height) * scale_y, decoded.height),
         )
-        view = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=scaled)
+        view = decoded.resize((image_size, image_size), Image.Resampling.BILINEAR, box=scaled)
         if flip:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        views.append(torch.from_numpy(np.asarray(view, dtype=np.uint8).copy()).permute(2, 0, 1))
+        pixels = np.asarray(view, dtype=np.uint8).reshape(image_size, image_size, channels)
+        views.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
     return torch.stack(views)
 
 
 class ViewReader(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """What a loader worker does for one sample key (index, seed, epoch, slot): its views and its label.
 
-    ``"two-view"`` gives (2, 3, S, S), ``"crop"`` and ``"center"`` give (3, S, S); the random crops come from a
-    generator seeded by (seed, epoch, slot) alone.
+    ``"two-view"`` gives (2, C, S, S), ``"crop"`` and ``"center"`` give (C, S, S) with the dataset's channels;
+    the random crops come from a generator seeded by (seed, epoch, slot) alone.
     """
 
     def __init__(
@@ -199,7 +226,7 @@ class ViewReader(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 rng = np.random.default_rng([seed, epoch, slot])
                 boxes = [random_resized_box(width, height, self.options, rng) for _ in range(count)]
                 flips = [bool(rng.random() < self.options.flip_p) for _ in range(count)]
-            views = resample_boxes(image, self.image_size, boxes, flips)
+            views = resample_boxes(image, self.image_size, boxes, flips, self.dataset.channels)
         return (views if count == 2 else views[0]), self.dataset.labels[index]
 
 
@@ -237,7 +264,7 @@ class LoaderStream:
     """An endless stream of (uint8 views on ``device``, labels) read from files by DataLoader workers.
 
     Same order, sharding and resume semantics as ``BatchStream``; ``mode`` picks the views (see
-    ``ViewReader``): images are (N, 2, 3, S, S) in ``"two-view"`` mode, (N, 3, S, S) otherwise. Workers are
+    ``ViewReader``): images are (N, 2, C, S, S) in ``"two-view"`` mode, (N, C, S, S) otherwise. Workers are
     persistent and batches land in pinned memory when ``device`` is a GPU.
     """
 
@@ -334,7 +361,7 @@ class LoaderStream:
 def decode_all(
     dataset: DiskDataset, image_size: int, *, num_workers: int = 0, batch_size: int = 256
 ) -> torch.Tensor:
-    """Every image resized (shorter side) and centre-cropped to ``image_size`` square, uint8 (N, 3, S, S)."""
+    """Every image resized (shorter side) and centre-cropped to ``image_size`` square, uint8 (N, C, S, S)."""
     from bissl.runtime import progress
 
     reader = ViewReader(dataset, image_size, "center")
@@ -346,7 +373,7 @@ def decode_all(
         num_workers=num_workers,
         worker_init_fn=_limit_threads if num_workers > 0 else None,
     )
-    out = torch.empty((len(dataset), 3, image_size, image_size), dtype=torch.uint8)
+    out = torch.empty((len(dataset), dataset.channels, image_size, image_size), dtype=torch.uint8)
     bar = progress(len(dataset), f"decode {dataset.name}")
     start = 0
     for images, _ in loader:
@@ -365,8 +392,10 @@ __all__ = [
     "EpochBatchKeys",
     "LoaderStream",
     "ViewReader",
+    "as_mode",
     "center_box",
     "decode_all",
+    "image_channels",
     "open_image",
     "random_resized_box",
     "resample_boxes",

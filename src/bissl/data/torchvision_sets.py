@@ -6,7 +6,8 @@ readers written here without checksum checks, so any complete copy works. Photo 
 run's image size (shorter side resized, centre square kept) into uint8 tensors that are cached next to the
 data; a pretext set too large for memory is read batch by batch from disk instead (``folder_stream``). Splits
 are the official ones where a dataset has them, else fixed seeded per-class draws (docs/paper-scale.md).
-Every set is normalised with the ImageNet mean and std, as the reference does.
+Every set is normalised with the ImageNet mean and std, as the reference does (their luma-weighted grey values
+for one channel). Image folders (``folder:PATH``) whose images are all single-channel load as grey.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ from bissl.data.datasets import (
     DatasetInfo,
     TensorDataset,
     default_download_root,
+    grey_stats,
     register_dataset,
     synthetic_dataset,
 )
-from bissl.data.folder_stream import IMAGENET_MEAN, IMAGENET_STD, DiskDataset, decode_all
+from bissl.data.folder_stream import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DiskDataset,
+    decode_all,
+    image_channels,
+)
 from bissl.errors import DataError
 
 # Photo sets whose decoded pretext split would exceed this stay on disk when data.in_memory is "auto".
@@ -93,7 +101,8 @@ Downloader = Callable[[str], None]
 @dataclass(frozen=True)
 class DatasetSpec:
     """Where a dataset lives under a data root and how to read a split: ``lister`` for photo sets (files and
-    labels), ``reader`` for sets stored as arrays (uint8 images at their native size)."""
+    labels), ``reader`` for sets stored as arrays (uint8 images at their native size). Photo sets decode as
+    RGB, or as grey when ``detect_grey`` and every image of every split is single-channel."""
 
     name: str
     description: str
@@ -105,6 +114,7 @@ class DatasetSpec:
     download: Downloader | None = None
     hint: str = ""
     fixed_root: str | None = None
+    detect_grey: bool = False
 
 
 SPECS: dict[str, DatasetSpec] = {}
@@ -482,16 +492,17 @@ def _torchvision(*calls: tuple[str, dict[str, Any]]) -> Downloader:
 # Decoding with a cache next to the data
 
 
-def _cache_key(listing: ImageList, image_size: int) -> str:
-    digest = hashlib.sha256(f"{CACHE_VERSION}:{image_size}:{listing.num_classes}".encode())
+def _cache_key(listing: ImageList, image_size: int, channels: int = 3) -> str:
+    grey = ":grey" if channels == 1 else ""
+    digest = hashlib.sha256(f"{CACHE_VERSION}:{image_size}:{listing.num_classes}{grey}".encode())
     digest.update("\n".join(listing.files).encode())
     digest.update(listing.labels.numpy().tobytes())
     return digest.hexdigest()
 
 
-def cache_files(name: str, folder: Path, split: str, image_size: int) -> list[Path]:
+def cache_files(name: str, folder: Path, split: str, image_size: int, channels: int = 3) -> list[Path]:
     """Where decoded images are cached: next to the data, else under the download root."""
-    file = f"{split}-{image_size}px.pt"
+    file = f"{split}-{image_size}px.pt" if channels == 3 else f"{split}-{image_size}px-grey.pt"
     safe = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
     fallback = (
         Path(default_download_root(None))
@@ -501,10 +512,12 @@ def cache_files(name: str, folder: Path, split: str, image_size: int) -> list[Pa
     return [folder / CACHE_FOLDER / file, fallback / file]
 
 
-def decode_cached(name: str, folder: Path, split: str, listing: ImageList, image_size: int) -> torch.Tensor:
-    """The split's images at ``image_size`` (uint8 (N, 3, S, S)), from the cache when it matches the listing."""
-    key = _cache_key(listing, image_size)
-    candidates = cache_files(name, folder, split, image_size)
+def decode_cached(
+    name: str, folder: Path, split: str, listing: ImageList, image_size: int, channels: int = 3
+) -> torch.Tensor:
+    """The split's images at ``image_size`` (uint8 (N, C, S, S)), from the cache when it matches the listing."""
+    key = _cache_key(listing, image_size, channels)
+    candidates = cache_files(name, folder, split, image_size, channels)
     for path in candidates:
         if path.is_file():
             try:
@@ -514,7 +527,9 @@ def decode_cached(name: str, folder: Path, split: str, listing: ImageList, image
             if isinstance(cached, dict) and cached.get("key") == key:
                 images: torch.Tensor = cached["images"]
                 return images
-    source = DiskDataset(listing.files, listing.labels, listing.num_classes, listing.multilabel, name=name)
+    source = DiskDataset(
+        listing.files, listing.labels, listing.num_classes, listing.multilabel, name=name, channels=channels
+    )
     workers = min(8, os.cpu_count() or 1) if len(source) >= DECODE_WORKERS_FROM else 0
     images = decode_all(source, image_size, num_workers=workers)
     for path in candidates:
@@ -526,20 +541,53 @@ def decode_cached(name: str, folder: Path, split: str, listing: ImageList, image
     return images
 
 
+_DETECTED_CHANNELS: dict[tuple[str, str], int] = {}
+
+
+def photo_channels(name: str, root: str | None = None, download: bool = False) -> int:
+    """Channels a photo set decodes to: 3, or 1 for a ``detect_grey`` set (image folders) whose images are all
+    single-channel in every split. Found once per folder and process (only headers are read)."""
+    spec = spec_for(name)
+    if not spec.detect_grey:
+        return 3
+    folder = dataset_folder(spec, root, download)
+    key = (name, str(folder.resolve()))
+    if key not in _DETECTED_CHANNELS:
+        files = [f for split in spec.splits for f in _split_files(name, split, root, download)]
+        _DETECTED_CHANNELS[key] = image_channels(files)
+    return _DETECTED_CHANNELS[key]
+
+
+def _split_files(name: str, split: str, root: str | None, download: bool) -> list[str]:
+    """The files of a split, or none when the dataset lacks that split's folder."""
+    try:
+        return list_images(name, split, root, download).files
+    except DataError:
+        if split == "train":
+            raise
+        return []
+
+
 def load_photos(name: str, split: str, root: str | None, download: bool, image_size: int) -> TensorDataset:
     """A photo set's split decoded at ``image_size`` into memory (cached for the next run)."""
     spec = spec_for(name)
     folder = dataset_folder(spec, root, download)
     listing = list_images(name, split, root, download)
-    images = decode_cached(name, folder, split, listing, image_size)
+    channels = photo_channels(name, root, download)
+    images = decode_cached(name, folder, split, listing, image_size, channels)
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD)
+        if channels == 3
+        else (grey_stats(IMAGENET_MEAN), grey_stats(IMAGENET_STD))
+    )
     return TensorDataset(
         images=images,
         labels=listing.labels,
         num_classes=listing.num_classes,
         multilabel=listing.multilabel,
         name=name,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean,
+        std=std,
     )
 
 
@@ -590,11 +638,12 @@ def ensure_registered(name: str) -> None:
     register_spec(
         DatasetSpec(
             name=name,
-            description=f"image folder {path}: train/<class>/*, test/<class>/* (or val/)",
+            description=f"image folder {path}: train/<class>/*, test/<class>/* (or val/); grey when all images are",
             folder=".",
             marker="train",
             lister=_class_tree("train", ("test", "val")),
             fixed_root=path,
+            detect_grey=True,
         )
     )
 
@@ -632,10 +681,15 @@ def disk_dataset(
     download: bool = False,
     limit: int | None = None,
     seed: int = 0,
+    channels: int | None = None,
 ) -> DiskDataset:
-    """A photo set's split as files read when needed; ``limit`` keeps a seeded random subset (in order)."""
+    """A photo set's split as files read when needed; ``limit`` keeps a seeded random subset (in order).
+    Images decode with ``channels`` channels (None: the set's own, see :func:`photo_channels`)."""
     listing = list_images(name, split, root, download)
-    dataset = DiskDataset(listing.files, listing.labels, listing.num_classes, listing.multilabel, name=name)
+    channels = channels if channels is not None else photo_channels(name, root, download)
+    dataset = DiskDataset(
+        listing.files, listing.labels, listing.num_classes, listing.multilabel, name=name, channels=channels
+    )
     if limit is not None and limit < len(dataset):
         generator = torch.Generator().manual_seed(seed)
         dataset = dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit].sort().values)

@@ -69,7 +69,14 @@ def load_data(config: Config, which: str, split: str) -> TensorDataset:
         image_size=data.image_size,
         limit=limit if split == "train" else None,
         seed=data.split_seed,
+        channels=forced_channels(config),
     )
+
+
+def forced_channels(config: Config) -> int | None:
+    """The channel count ``data.channels`` forces on every dataset, or None for each dataset's own."""
+    channels = config.data.channels
+    return None if channels == "auto" else int(channels)
 
 
 def pretext_on_disk(config: Config) -> bool:
@@ -93,6 +100,7 @@ def load_pretext_source(config: Config) -> TensorDataset | DiskDataset:
         download=data.download,
         limit=data.pretext_limit,
         seed=data.split_seed,
+        channels=forced_channels(config),
     )
 
 
