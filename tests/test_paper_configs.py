@@ -40,6 +40,7 @@ PAPER = {
         "gamma": 0.01,
         "fairness": "extra-pretext",
         "upper": (0.03, 1e-3),
+        "lower_warmup_steps": 980,
     },
     "paper-v4-resnet50-imagenet-simclr.yaml": {
         "backbone": "resnet50",
@@ -48,6 +49,7 @@ PAPER = {
         "gamma": 1.0,
         "fairness": "same-checkpoint",
         "upper": (0.03, 1e-3),
+        "lower_warmup_steps": 200,
     },
     "paper-v4-resnet50-imagenet-byol.yaml": {
         "backbone": "resnet50",
@@ -56,6 +58,7 @@ PAPER = {
         "gamma": 1.0,
         "fairness": "same-checkpoint",
         "upper": (0.02, 2e-3),
+        "lower_warmup_steps": 200,
     },
 }
 
@@ -74,6 +77,7 @@ def test_paper_configs_hold_the_published_settings(name: str) -> None:
     pretext = config.pretext
     assert pretext.method == expected["method"] and pretext.temperature == 0.5
     assert (pretext.projector_hidden, pretext.projector_dim) == ([256, 256], 256)
+    assert (pretext.head_hidden_bias, pretext.head_output_bias) == (True, False)  # the authors' MLPProjector
     if pretext.method == "byol":
         assert (pretext.ema, pretext.ema_schedule, pretext.predictor_hidden) == (
             0.9995,
@@ -83,14 +87,26 @@ def test_paper_configs_hold_the_published_settings(name: str) -> None:
     assert config.augment.reference_crop
     p = config.pretrain
     assert (p.epochs, p.batch_size, p.lr, p.weight_decay, p.warmup_epochs) == (500, 1024, 4.8, 1e-6, 10.0)
+    assert (p.momentum, p.final_lr_ratio, p.lars_eta) == (0.9, 0.001, 0.001)
+    assert (
+        p.lars_exclude_bias_norm is False
+    )  # the reference's LARS: weight decay and trust ratio on every parameter
     b = config.bilevel
     assert (b.alternations, b.lower_steps, b.upper_steps) == (500, 20, 8)
     assert (b.lam, b.damping, b.gamma) == (1e-3, 10.0, expected["gamma"])
     assert (b.solver, b.cg_iterations, b.layerwise) == ("cg", 5, True)
     assert (b.lower_batch_size, b.upper_batch_size, b.lower_lr, b.clip_grad) == (1024, 256, 1.0, 10.0)
     assert (b.upper_lr, b.upper_weight_decay) == expected["upper"]
+    assert b.lower_lars_exclude_bias_norm is False
+    assert (b.lower_weight_decay, b.lower_momentum, b.lower_final_lr_ratio) == (1e-6, 0.9, 0.001)
+    assert (b.lower_warmup_steps, b.upper_momentum, b.upper_final_lr_ratio) == (
+        expected["lower_warmup_steps"],
+        0.9,
+        0.001,
+    )
     assert (config.warmup.epochs, config.finetune.epochs, config.finetune.batch_size) == (20, 400, 256)
-    assert (config.search.trials, config.search.seeds, config.search.sampler) == (100, 10, "random")
+    assert config.finetune.final_lr_ratio == 0.001
+    assert (config.search.trials, config.search.seeds, config.search.sampler) == (200, 10, "random")
     assert (config.search.lr_range, config.search.weight_decay_range) == ([1e-4, 1.0], [1e-5, 1e-2])
     assert config.compare.fairness == expected["fairness"]
 
@@ -324,3 +340,76 @@ def test_every_stage_of_the_paper_config_runs_on_stand_ins(name: str, tmp_path: 
     evaluated = stage("evaluate", f"backbone={lower}")
     assert math.isfinite(evaluated["knn_top1"]) and math.isfinite(evaluated["probe_top1"])
     print(f"{name}: every stage in {time.perf_counter() - started:.0f} s")
+
+
+def test_the_bilevel_lower_level_follows_its_own_lars_group_knob() -> None:
+    """bilevel.lower_lars_exclude_bias_norm decides the lower LARS groups; unset, pretraining's knob does."""
+    from bissl.train.projector_warmup import lower_exclude_bias_norm
+
+    assert lower_exclude_bias_norm(load_config(None, [])) is True
+    assert lower_exclude_bias_norm(load_config(None, ["pretrain.lars_exclude_bias_norm=false"])) is False
+    both = ["pretrain.lars_exclude_bias_norm=false", "bilevel.lower_lars_exclude_bias_norm=true"]
+    assert lower_exclude_bias_norm(load_config(None, both)) is True
+    lower = SimCLR(
+        nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), 4, projector_hidden=(4,), projector_dim=2
+    )
+    settings = BilevelConfig(alternations=1, lower_steps=1, upper_steps=1)
+    for exclude, groups in ((True, 2), (False, 1)):
+        trainer = BilevelTrainer(
+            lower,
+            initial_models(lower, None),
+            nn.Linear(4, 2),
+            F.cross_entropy,
+            lambda: (torch.zeros(2, 4), torch.zeros(2, 4)),
+            lambda: (torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)),
+            settings,
+            lars_exclude_bias_norm=exclude,
+        )
+        assert len(trainer.lower_optimizer.param_groups) == groups
+        assert all(g["lars"] and g["weight_decay"] == 1e-6 for g in trainer.lower_optimizer.param_groups[:1])
+
+
+def test_cg_iterations_below_one_is_refused_for_iterative_solvers() -> None:
+    for solver in ("cg", "neumann"):
+        with pytest.raises(ConfigError, match=r"'bilevel\.cg_iterations' must be >= 1"):
+            load_config(None, [f"bilevel.solver={solver}", "bilevel.cg_iterations=0"])
+    assert (
+        load_config(None, ["bilevel.solver=identity", "bilevel.cg_iterations=0"]).bilevel.cg_iterations == 0
+    )
+
+
+def test_fine_tuning_cosine_ends_at_its_final_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bissl.train import classifier
+
+    seen: list[float] = []
+    monkeypatch.setattr(classifier, "set_lr", lambda optimizer, lr: seen.append(lr))
+    data = synthetic_dataset(16, 3, 1, 4, seed=0)
+    augment = DownstreamAugment(4, 1, data.mean, data.std, crop_scale=(0.5, 1.0))
+    task = DownstreamTask(num_classes=3, multilabel=False)
+    for ratio in (0.0, 0.001):
+        seen.clear()
+        settings = ClassifierSettings(
+            stage="finetune", epochs=3, batch_size=8, lr=0.1, weight_decay=0.0, final_lr_ratio=ratio
+        )
+        fit_classifier(
+            _Backbone([]),
+            nn.Linear(4, 3),
+            {"train": data, "val": data},
+            augment,
+            task,
+            settings,
+            None,
+            torch.device("cpu"),
+        )
+        assert len(seen) == 6 and seen[0] == 0.1
+        expected_last = 0.1 * ratio + (0.1 - 0.1 * ratio) * 0.5 * (1 + math.cos(math.pi * 5 / 6))
+        assert seen[-1] == pytest.approx(expected_last)
+        assert min(seen) > 0.1 * ratio or ratio == 0.0
+
+
+def test_the_fine_tuning_end_ratio_is_part_of_the_search_problem() -> None:
+    from bissl.train.search import study_name_for
+
+    default = load_config(None, [])
+    assert study_name_for(load_config(None, ["finetune.final_lr_ratio=0"])) == study_name_for(default)
+    assert study_name_for(load_config(None, ["finetune.final_lr_ratio=0.001"])) != study_name_for(default)

@@ -254,6 +254,24 @@ def test_bissl_reference_backbone_and_head_files(tmp_path: Path, method: str) ->
     assert info["projector"] == "imported"
 
 
+def test_authors_head_shape_is_reproduced_by_the_bias_knobs(tmp_path: Path) -> None:
+    """pretext.head_hidden_bias=true, head_output_bias=false build the authors' MLP: same keys and shapes, and
+    their head file then loads tensor for tensor (no folding)."""
+    backbone_file, head_file, projector, _ = _reference_files(tmp_path, byol=False)
+    biases = [
+        "pretext.head_hidden_bias=true",
+        "pretext.head_output_bias=false",
+        "pretext.projector_hidden=[16,16]",
+    ]
+    config = _config(tmp_path, "bissl-reference", backbone_file, f"imported.head={head_file}", *biases)
+    task, info = import_pretext(config)
+    theirs = projector.state_dict()
+    ours = task.head.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert info["projector"] == "imported"
+
+
 def test_bissl_reference_first_version_projector_file_and_whole_model_state(tmp_path: Path) -> None:
     backbone_file, _, projector, _ = _reference_files(tmp_path, byol=False)
     backbone_state = torch.load(backbone_file, weights_only=True)

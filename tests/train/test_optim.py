@@ -31,6 +31,32 @@ def test_lars_step_hand_computed() -> None:
     assert torch.allclose(bias.detach(), torch.tensor([0.95 - 0.1 * (0.9 * 0.5 + 0.5)]))
 
 
+def test_lars_without_exclusion_adapts_and_decays_biases_and_norms_as_the_reference() -> None:
+    """exclude_bias_norm=False (the paper configs): one group; a bias and a BatchNorm weight get weight decay and
+    the trust ratio like any weight, over two steps with momentum, in float64 against a hand-written update."""
+    norm = nn.BatchNorm1d(3).double()
+    bias = nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
+    named = [("norm.weight", norm.weight), ("norm.bias", norm.bias), ("bias", bias)]
+    with torch.no_grad():
+        norm.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    groups = lars_groups(named, exclude_bias_norm=False)
+    assert len(groups) == 1 and len(groups[0]["params"]) == 3
+    optimizer = LARS(groups, lr=0.5, momentum=0.9, weight_decay=1e-2, eta=0.001)
+    generator = torch.Generator().manual_seed(0)
+    expected = {name: p.detach().clone() for name, p in named}
+    buffers: dict[str, torch.Tensor] = {}
+    for _ in range(2):
+        for name, p in named:
+            p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            step = p.grad + 1e-2 * expected[name]
+            step = step * (0.001 * expected[name].norm() / step.norm())
+            buffers[name] = step if name not in buffers else 0.9 * buffers[name] + step
+            expected[name] = expected[name] - 0.5 * buffers[name]
+        optimizer.step()
+    for name, p in named:
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-12, atol=1e-14)
+
+
 def test_warmup_cosine_endpoints() -> None:
     base, final, total, warm = 1.0, 0.001, 100, 10
     assert math.isclose(warmup_cosine(0, total, warm, base, final), 0.1)

@@ -6,18 +6,30 @@ from torch import nn
 
 
 def mlp(
-    in_dim: int, hidden_dims: tuple[int, ...] | list[int], out_dim: int, *, last_bn: bool = False
+    in_dim: int,
+    hidden_dims: tuple[int, ...] | list[int],
+    out_dim: int,
+    *,
+    last_bn: bool = False,
+    hidden_bias: bool = False,
+    output_bias: bool = True,
 ) -> nn.Sequential:
     """Linear-BN-ReLU for every hidden layer, then a linear output (optionally BN without affine).
 
-    With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of SPEC §5.
+    With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of SPEC §5. A hidden
+    Linear bias (``hidden_bias``) is cancelled by the BatchNorm behind it in training mode; the authors' code
+    has one, and no output bias (``output_bias=False``).
     """
     layers: list[nn.Module] = []
     previous = in_dim
     for hidden in hidden_dims:
-        layers += [nn.Linear(previous, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Linear(previous, hidden, bias=hidden_bias),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+        ]
         previous = hidden
-    layers.append(nn.Linear(previous, out_dim, bias=not last_bn))
+    layers.append(nn.Linear(previous, out_dim, bias=output_bias and not last_bn))
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)

@@ -21,6 +21,8 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             projector_hidden=config.projector_hidden,
             projector_dim=config.projector_dim,
             temperature=config.temperature,
+            hidden_bias=config.head_hidden_bias,
+            output_bias=config.head_output_bias,
         )
     return BYOL(
         backbone,
@@ -30,6 +32,8 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
         predictor_hidden=config.predictor_hidden,
         ema=config.ema,
         ema_schedule=config.ema_schedule,
+        hidden_bias=config.head_hidden_bias,
+        output_bias=config.head_output_bias,
     )
 
 

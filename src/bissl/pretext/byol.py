@@ -51,11 +51,14 @@ class BYOL(PretextTask):
         predictor_hidden: list[int] | tuple[int, ...] = (256,),
         ema: float = 0.9995,
         ema_schedule: str = "constant",
+        hidden_bias: bool = False,
+        output_bias: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        projector = mlp(feature_dim, tuple(projector_hidden), projector_dim)
-        predictor = mlp(projector_dim, tuple(predictor_hidden), projector_dim)
+        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias}
+        projector = mlp(feature_dim, tuple(projector_hidden), projector_dim, **biases)
+        predictor = mlp(projector_dim, tuple(predictor_hidden), projector_dim, **biases)
         self.head = nn.ModuleDict({"projector": projector, "predictor": predictor})
         self.base_ema = ema
         self.ema_schedule = ema_schedule

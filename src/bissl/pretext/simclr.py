@@ -46,10 +46,18 @@ class SimCLR(PretextTask):
         projector_hidden: list[int] | tuple[int, ...] = (256, 256),
         projector_dim: int = 256,
         temperature: float = 0.5,
+        hidden_bias: bool = False,
+        output_bias: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = mlp(feature_dim, tuple(projector_hidden), projector_dim)
+        self.head = mlp(
+            feature_dim,
+            tuple(projector_hidden),
+            projector_dim,
+            hidden_bias=hidden_bias,
+            output_bias=output_bias,
+        )
         self.temperature = temperature
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:

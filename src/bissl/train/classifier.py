@@ -61,6 +61,7 @@ class ClassifierSettings:
     weight_decay: float
     momentum: float = 0.9
     cosine: bool = True
+    final_lr_ratio: float = 0.0
     train_backbone: bool = True
     backbone_train_mode: bool = True
     eval_every: int = 1
@@ -166,7 +167,8 @@ def fit_classifier(
     while step < total_steps:
         backbone.train(settings.backbone_train_mode)
         head.train()
-        lr = warmup_cosine(step, total_steps, 0, settings.lr, 0.0) if settings.cosine else settings.lr
+        final_lr = settings.lr * settings.final_lr_ratio
+        lr = warmup_cosine(step, total_steps, 0, settings.lr, final_lr) if settings.cosine else settings.lr
         set_lr(optimizer, lr)
         images, labels = next(stream)
         inputs = augment(images, train=True)

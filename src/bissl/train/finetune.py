@@ -20,7 +20,7 @@ def finetune_settings(
     epochs: int | None = None,
     seed: int | None = None,
 ) -> ClassifierSettings:
-    """SGD with momentum and a per-step cosine schedule (no warm-up)."""
+    """SGD with momentum and a per-step cosine schedule (no warm-up) to ``finetune.final_lr_ratio`` of the peak."""
     f = config.finetune
     return ClassifierSettings(
         stage="finetune",
@@ -30,6 +30,7 @@ def finetune_settings(
         weight_decay=weight_decay if weight_decay is not None else f.weight_decay,
         momentum=f.momentum,
         cosine=True,
+        final_lr_ratio=f.final_lr_ratio,
         train_backbone=True,
         backbone_train_mode=True,
         eval_every=f.eval_every,

@@ -346,6 +346,11 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
     hint = f"check imported.layout, model.backbone={config.model.backbone} and model.stem={config.model.stem}"
     task.backbone.load_state_dict(check_backbone(parts.backbone, task.backbone, describe, hint))
     notes = [f"dropped {item}" for item in parts.dropped]
+    if spec.layout == "solo-learn" and conv1 is not None and conv1.shape[-1] == 3:
+        notes.append(
+            "solo-learn's CIFAR ResNets pad their 3x3 stem convolution by 2, model.stem=small by 1: the weights "
+            "load, the features differ slightly from solo-learn's own"
+        )
     projector = _import_head(task, config, parts, notes)
     task.reset_target()
     info = {

@@ -65,7 +65,7 @@ def _file_digest(path: str | None) -> str | None:
 def search_fingerprint(config: Config) -> dict[str, Any]:
     """Everything that defines the search problem (not how many trials or seeds are run, nor where)."""
     data = config.data
-    return {
+    fingerprint: dict[str, Any] = {
         "backbone_sha256": _file_digest(config.backbone),
         "data": {
             "downstream": data.downstream,
@@ -84,6 +84,9 @@ def search_fingerprint(config: Config) -> dict[str, Any]:
         "precision": config.precision,
         "seed": config.seed,
     }
+    if config.finetune.final_lr_ratio != 0.0:  # only when set: studies made before the knob keep their names
+        fingerprint["finetune"]["final_lr_ratio"] = config.finetune.final_lr_ratio
+    return fingerprint
 
 
 def study_name_for(config: Config) -> str:
