@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo demo-quick test test-slow lint typecheck bench data clean setup report-screenshot
+.PHONY: demo demo-quick test test-slow test-wheel wheel lint typecheck bench data clean setup report-screenshot
 
 setup: $(STAMP) data
 
@@ -48,6 +48,13 @@ test: setup lint typecheck
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -q
 
+# The wheel (configs included) in dist/; test-wheel installs it in a fresh venv and runs the quick demo elsewhere.
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps -q -w dist .
+
+test-wheel: setup
+	$(BIN)/python -m pytest -m slow -q tests/test_wheel.py
+
 bench: setup
 	$(BIN)/python benchmarks/implicit.py
 	$(BIN)/python benchmarks/bilevel_overhead.py
@@ -57,4 +64,4 @@ report-screenshot: setup
 	$(BIN)/python -m pytest -m slow -q tests/test_report_screenshot.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

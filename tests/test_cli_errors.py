@@ -73,6 +73,16 @@ CASES: list[Case] = [
         "none.yaml",
     ),
     (
+        "unknown config name",
+        lambda t, p: ["pretrain", "--config", "dmeo", "--out", str(t / "o")],
+        "shipped configs: demo",
+    ),
+    (
+        "channels out of range",
+        lambda t, p: ["pretrain", "--out", str(t / "o"), "data.channels=2"],
+        "data.channels",
+    ),
+    (
         "invalid YAML",
         lambda t, p: _write(
             t / "bad.yaml", "a: [1, 2\n", ["pretrain", "--config", str(t / "bad.yaml"), "--out", str(t / "o")]

@@ -84,7 +84,9 @@ def search_fingerprint(config: Config) -> dict[str, Any]:
         "precision": config.precision,
         "seed": config.seed,
     }
-    if config.finetune.final_lr_ratio != 0.0:  # only when set: studies made before the knob keep their names
+    if data.channels != "auto":  # only when set, so studies made before the knob existed keep their names
+        fingerprint["data"]["channels"] = data.channels
+    if config.finetune.final_lr_ratio != 0.0:  # likewise: only when set
         fingerprint["finetune"]["final_lr_ratio"] = config.finetune.final_lr_ratio
     return fingerprint
 
