@@ -94,12 +94,11 @@ def test_every_stage_help_names_its_sections_and_points_to_config_show(
         text = " ".join(capsys.readouterr().out.split())
         assert "bissl config show" in text, name
         assert "Reads " in text, name
-        if name in cli.STAGES and cli.STAGES[name].sections != ("every section",):
+        if name in cli.STAGES and cli.STAGES[name].sections:
             assert set(cli.STAGES[name].sections) <= sections, name
             assert ", ".join(cli.STAGES[name].sections) in text, name
-    with pytest.raises(SystemExit):
-        cli.main(["bilevel", "--help"])
-    assert "bilevel" in capsys.readouterr().out
+        else:
+            assert "every config section" in text, name
 
 
 def test_shipped_configs_resolve_by_name_and_paths_still_work(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ TOP_LEVEL_KEYS = "seed, device, precision, the checkpoint paths"
 class Stage:
     """A command that runs ``module.function(config, run, stop=..., resume=...)`` into a run folder.
 
-    ``sections`` are the config sections it reads (named in its --help); ``options`` adds its own flags and
-    ``flag_keys`` maps those flags to the config keys they set (put in front of the key=value overrides)."""
+    ``sections`` are the config sections it reads (named in its --help; empty: every section); ``options`` adds
+    its own flags and ``flag_keys`` maps those flags to the config keys they set (put in front of the
+    key=value overrides)."""
 
     module: str
     function: str
@@ -101,7 +102,7 @@ STAGES: dict[str, Stage] = {
         "bissl.experiment",
         "compare",
         "baseline against BiSSL over seeds, with a report",
-        ("every section",),
+        (),
     ),
     "import": Stage(
         "bissl.train.import_checkpoint",
@@ -124,7 +125,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _sections_epilog(sections: tuple[str, ...]) -> str:
     """The --help footer of a stage: the config sections it reads and where to see their keys."""
-    if sections == ("every section",):
+    if not sections:
         reads = "every config section"
     else:
         reads = "config sections " + ", ".join(sections) + f" and the top-level keys ({TOP_LEVEL_KEYS})"
@@ -253,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="compare on embedded data (shipped config demo): SimCLR on Fashion-MNIST -> digits",
         description="'bissl compare' with the shipped config demo (--quick: demo-quick); runs from any folder",
-        epilog=_sections_epilog(("every section",)),
+        epilog=_sections_epilog(()),
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (config demo-quick)")
