@@ -1,15 +1,17 @@
 """Projector warm-up: train the pretext head φ_P on the frozen backbone before the BiSSL alternations.
 
 The lower level starts from (θ, φ_P). A checkpoint imported from a release without a projector has an untrained
-φ_P, and the first lower steps would then push θ with the gradient of a random head. ``pretext.projector_warmup_
-steps`` LARS steps on the pretext loss train the head alone first: the backbone's parameters get no gradient
-and its BatchNorm running statistics are restored afterwards (the forward uses batch statistics, as the lower
-level does). Optimiser: LARS as the lower level (weight decay, momentum and parameter groups of ``bilevel.lower_
-*``), peak lr ``pretext.projector_warmup_lr``, 10% linear warm-up then cosine to ``bilevel.lower_final_lr_ratio``
-of the peak, gradient clipping at ``bilevel.clip_grad``. Batches come from their own pretext stream (seed + 2),
-so the alternations see the same data with or without a warm-up. It checkpoints (head, optimiser, stream, RNG)
-into ``checkpoints/projector_warmup.pt`` every ``bilevel.checkpoint_every × bilevel.lower_steps`` steps and on
-SIGTERM; a rerun continues bit-identically.
+φ_P, and the first lower steps would then move θ along the gradient of a random head. So
+``pretext.projector_warmup_steps`` LARS steps on the pretext loss train the head alone first: the backbone's
+parameters get no gradient and its BatchNorm running statistics are restored afterwards (the forward uses batch
+statistics, as the lower level does).
+
+Optimiser: LARS like the lower level (its parameter groups, ``bilevel.lower_weight_decay``, ``lower_momentum``),
+peak lr ``pretext.projector_warmup_lr``, 10% linear warm-up then cosine to ``bilevel.lower_final_lr_ratio`` of
+the peak, gradient clipping at ``bilevel.clip_grad``. Batches come from a pretext stream of their own (seed + 2),
+so the alternations see the same data with or without a warm-up. Head, optimiser, stream and RNG are saved to
+``checkpoints/projector_warmup.pt`` every ``bilevel.checkpoint_every × bilevel.lower_steps`` steps and when
+stopped; a rerun continues bit-identically.
 """
 
 from __future__ import annotations
