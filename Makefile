@@ -50,7 +50,7 @@ test-slow: setup
 
 # The wheel (configs included) in dist/; test-wheel installs it in a fresh venv and runs the quick demo elsewhere.
 wheel: $(STAMP)
-	$(BIN)/python -m pip wheel --no-deps -q -w dist .
+	rm -rf build && $(BIN)/python -m pip wheel --no-deps -q -w dist .
 
 test-wheel: setup
 	$(BIN)/python -m pytest -m slow -q tests/test_wheel.py
