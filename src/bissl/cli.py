@@ -87,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     demo.add_argument("--force", action="store_true", help="reuse an --out folder made with another config")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    curvature_help = "is the implicit system of a pretext checkpoint well posed? one line per quantity"
+    curvature = sub.add_parser(
+        "curvature",
+        help=curvature_help,
+        description=(
+            "On one Hessian batch of pretext_checkpoint=PATH, print one line each: the curvature used "
+            "(bilevel.curvature), lambda_min and lambda_max of its Lanczos estimate (bilevel.diagnose_steps), "
+            "the number of Ritz values below -(lam+delta), whether I + H/(lam+delta) is positive definite, "
+            "and for the configured bilevel.solver the true relative residual ||v - A x||/||v|| and cos(x, v), "
+            "where v is the downstream gradient of the head of head_checkpoint=PATH, or of a freshly "
+            "initialised linear head, on one downstream batch. Writes nothing unless --out is given."
+        ),
+    )
+    curvature.add_argument("--config", help="YAML experiment file (see configs/); defaults apply without it")
+    curvature.add_argument("--out", default=None, help="also write the numbers to DIR/curvature.json")
+    curvature.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pretext_checkpoint=PATH"
+    )
     data = sub.add_parser("data", help="dataset utilities")
     data.add_argument(
         "action", choices=["list"], help="'list': every dataset name, where it looks, whether it is present"
@@ -169,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             from bissl.report import write_report
 
             print(write_report(Path(args.run_dir)))
+            return 0
+        if args.command == "curvature":
+            from bissl.config import load_config
+            from bissl.train.curvature import curvature_command
+
+            print("\n".join(curvature_command(load_config(args.config, args.overrides), args.out)))
             return 0
         if args.command == "data":
             print(describe_datasets(args.root))

@@ -43,6 +43,8 @@ SECTIONS = (
     ("timings", "Wall time per stage"),
     ("config", "Configuration"),
 )
+# Shown after the learning curves only when the bilevel metrics hold curvature diagnostics.
+CURVATURE_SECTION = ("curvature", "Curvature")
 REQUIRED_KEYS = (
     "title",
     "created",
@@ -153,12 +155,16 @@ def render_report(results: Mapping[str, Any], run_dir: Path) -> str:
         "config": lambda: f"<pre>{_escape(_config_yaml(results['config']))}</pre>",
     }
     sections = [_section(section_id, heading, builders[section_id]()) for section_id, heading in SECTIONS]
+    listed = list(SECTIONS)
+    curvature = _curvature_section(results)
+    if curvature:
+        position = [section_id for section_id, _ in SECTIONS].index("curves") + 1
+        sections.insert(position, _section(CURVATURE_SECTION[0], CURVATURE_SECTION[1], curvature))
+        listed.insert(position, CURVATURE_SECTION)
     extra_figures = _extra_figures_section(results, run_dir)
     if extra_figures:
         sections.insert(len(sections) - 1, extra_figures)
-    navigation = " ".join(
-        f'<a href="#{section_id}">{_escape(heading)}</a>' for section_id, heading in SECTIONS
-    )
+    navigation = " ".join(f'<a href="#{section_id}">{_escape(heading)}</a>' for section_id, heading in listed)
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -301,11 +307,11 @@ def _expect_number(value: Any, where: str) -> None:
 
 
 def _expect_records(value: Any, where: str, text_keys: Sequence[str] = ()) -> None:
-    """A list of objects whose values are numbers or text (``text_keys`` must be text); other entries
-    (paths, notes) are carried along and ignored by the figures."""
+    """A list of objects whose values are numbers, booleans or text (``text_keys`` must be text); other
+    entries (paths, notes) are carried along and ignored by the figures."""
     for index, record in enumerate(_expect_list(value, where)):
         for key, field in _expect_object(record, f"{where}[{index}]").items():
-            if field is None:
+            if field is None or (isinstance(field, bool) and key not in text_keys):
                 continue
             if key in text_keys or isinstance(field, str):
                 _expect_string(field, f"{where}[{index}].{key}")
@@ -877,6 +883,116 @@ def _bilevel_figure(points: list[Any]) -> str:
         "lower backbone θ_P and on the upper backbone θ_D."
     )
     return _figure_html(figure, "learning curves of the bilevel stage", caption)
+
+
+def _curvature_section(results: Mapping[str, Any]) -> str:
+    """Curves of the curvature diagnostics over alternations (``bilevel.diagnose_every``), or "" when the
+    bilevel metrics hold none."""
+    points = [
+        _as_mapping(point)
+        for point in _as_list(_as_mapping(results.get("curves")).get("bilevel"))
+        if _number(_as_mapping(point).get("lambda_min")) is not None
+    ]
+    if not points:
+        return ""
+    from matplotlib import ticker
+
+    lam = _number(_as_mapping(_as_mapping(results.get("config")).get("bilevel")).get("lam")) or 0.0
+    x_key = "alternation"
+    xs, damping = _series(points, x_key, "damping")
+    threshold = [-(lam + value) for value in damping]
+    panels: list[tuple[str, str, list[tuple[str, list[float], str, str]]]] = [
+        (
+            "λ_min of the curvature",
+            "eigenvalue",
+            [
+                ("λ_min", _series(points, x_key, "lambda_min")[1], "#4c72b0", "-"),
+                ("−(λ+δ)", threshold, "#c44e52", "--"),
+            ],
+        ),
+        (
+            "λ_max of the curvature",
+            "eigenvalue",
+            [("λ_max", _series(points, x_key, "lambda_max")[1], "#dd8452", "-")],
+        ),
+        (
+            "Ritz values below −(λ+δ)",
+            "count",
+            [("count", _series(points, x_key, "ritz_below")[1], "#8172b3", "-")],
+        ),
+        (
+            "True relative residual ‖v − A x‖/‖v‖",
+            "residual",
+            [("first upper step", _series(points, x_key, "true_residual")[1], "#c44e52", "-")],
+        ),
+        (
+            "cos(x, v)",
+            "cosine",
+            [("first upper step", _series(points, x_key, "cosine_first_order")[1], "#55a868", "-")],
+        ),
+        ("Damping δ", "δ", [("δ", damping, "#937860", "-")]),
+    ]
+    drawn = [panel for panel in panels if any(_has_values(values) for _, values, _, _ in panel[2])]
+    columns = 3
+    rows = math.ceil(len(drawn) / columns)
+    figure, axes = _new_figure(11.5, 3.2 * rows, rows, columns, right_margin=0.8, column_gap=0.6)
+    for axis, (title, y_label, lines) in zip(axes, drawn):
+        for label, values, colour, style in lines:
+            axis.plot(xs, values, marker="o", markersize=3, lw=1.4, ls=style, color=colour, label=label)
+        if len(lines) > 1:
+            axis.legend(fontsize="small", frameon=False)
+        _style_axis(axis, title, "alternation", y_label)
+        if title.startswith("True relative residual") and all(
+            value > 0 for value in lines[0][1] if math.isfinite(value)
+        ):
+            axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(ticker.LogFormatter())
+    for axis in axes[len(drawn) :]:
+        axis.set_visible(False)
+    definite = [point.get("positive_definite") for point in points]
+    known = [value for value in definite if isinstance(value, bool)]
+    last = points[-1]
+    rows_html = [
+        [
+            _count(last.get("alternation")),
+            _general(last.get("lambda_min")),
+            _general(last.get("lambda_max")),
+            _count(last.get("ritz_below")),
+            "n/a"
+            if not isinstance(last.get("positive_definite"), bool)
+            else ("yes" if last["positive_definite"] else "no"),
+            _general(last.get("true_residual")),
+            _general(last.get("cosine_first_order")),
+            _general(last.get("damping")),
+        ]
+    ]
+    table = _table(
+        [
+            "Alternation",
+            "λ_min",
+            "λ_max",
+            "Below −(λ+δ)",
+            "Positive definite",
+            "True residual",
+            "cos(x, v)",
+            "δ",
+        ],
+        rows_html,
+        [True, True, True, True, False, True, True, True],
+    )
+    caption = (
+        "Lanczos estimates of the curvature's extreme eigenvalues on each diagnosed alternation's Hessian batch, "
+        "the number of Ritz values below −(λ+δ) (each makes I + H/(λ+δ) indefinite), and for the first upper "
+        "step the solver's true relative residual on its own system and the cosine between the solved backbone "
+        "gradient x and the first-order one v."
+    )
+    note = _note(
+        f"I + H/(λ+δ) was positive definite at {sum(known)} of {len(known)} diagnosed alternations; "
+        "the table shows the last one."
+    )
+    return "\n".join(
+        [_figure_html(figure, "curvature diagnostics of the bilevel stage", caption), table, note]
+    )
 
 
 def _pretrain_figure(points: list[Any]) -> str:
