@@ -946,7 +946,8 @@ def _curvature_section(results: Mapping[str, Any]) -> str:
             value > 0 for value in lines[0][1] if math.isfinite(value)
         ):
             axis.set_yscale("log")
-            axis.yaxis.set_major_formatter(ticker.LogFormatter())
+            axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     for axis in axes[len(drawn) :]:
         axis.set_visible(False)
     definite = [point.get("positive_definite") for point in points]

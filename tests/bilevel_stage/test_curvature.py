@@ -96,6 +96,18 @@ def test_solver_and_curvature_run_through_the_trainer(overrides: dict[str, Any],
     assert trainer.guard.skipped == 0
 
 
+def test_gauss_newton_curvature_runs_for_byol() -> None:
+    settings = _settings(curvature="ggn", layerwise=False, diagnose_every=1, diagnose_steps=FULL_LANCZOS)
+    trainer = _trainer(settings, "byol")
+    start = _upper_state(trainer)
+    records = [trainer.alternate() for _ in range(settings.alternations)]
+    for record in records:
+        assert record["positive_definite"]
+        assert record["lambda_min"] >= -1e-8 * abs(record["lambda_max"])
+        assert math.isfinite(record["true_residual"]) and math.isfinite(record["cosine_first_order"])
+    assert any(not torch.equal(a, b) for a, b in zip(start, _upper_state(trainer)))
+
+
 @pytest.mark.parametrize("upper_steps", [1, 5])
 def test_lowrank_builds_its_basis_once_per_phase(upper_steps: int) -> None:
     """k products per upper phase whatever the number of upper steps; refinement adds K + 1 per step."""
@@ -142,10 +154,18 @@ def test_diagnostics_follow_the_schedule_with_finite_values() -> None:
     assert records[1]["products"] == 2 * 4
 
 
-@pytest.mark.parametrize("solver", ["identity", "exact", "cg"])
-def test_diagnostics_match_a_dense_reference(solver: str) -> None:
+@pytest.mark.parametrize(
+    ("solver", "curvature"),
+    [("identity", "hessian"), ("exact", "hessian"), ("cg", "hessian"), ("exact", "ggn")],
+)
+def test_diagnostics_match_a_dense_reference(solver: str, curvature: str) -> None:
     settings = _settings(
-        alternations=1, upper_steps=1, solver=solver, diagnose_every=1, diagnose_steps=FULL_LANCZOS
+        alternations=1,
+        upper_steps=1,
+        solver=solver,
+        curvature=curvature,
+        diagnose_every=1,
+        diagnose_steps=FULL_LANCZOS,
     )
     trainer = _trainer(settings)
     views = _capture_hessian_views(trainer)
@@ -161,6 +181,8 @@ def test_diagnostics_match_a_dense_reference(solver: str) -> None:
     assert abs(record["lambda_max"] - float(eigenvalues[-1])) <= 1e-8 * scale
     assert record["ritz_below"] == int((eigenvalues < -mu).sum())
     assert record["positive_definite"] == bool(eigenvalues[0] > -mu)
+    if curvature == "ggn":
+        assert record["lambda_min"] >= -1e-8 * scale and record["positive_definite"]
 
     images, labels = _batches(1, settings.upper_batch_size, 2, labels=True)[0]
     params = list(trainer.lower.backbone.parameters())
