@@ -254,3 +254,36 @@ def test_adaptive_damping_raises_delta_exactly_when_lambda_min_demands_it() -> N
     # a cap stops the raise
     _, capped = _lower_minimum(_settings(**common, lam=lam, damping=small, damping_max=0.5 * needed))
     assert capped.upper_phase()["damping"] == 0.5 * needed
+
+
+def test_rank_averaging_hook_sees_every_phase_product() -> None:
+    """Under torchrun ``reduce`` averages across ranks every product that enters the Lanczos estimate, the
+    low-rank basis and the solves; with one rank it is the identity, and the run must not change."""
+    overrides: dict[str, Any] = {
+        "solver": "lowrank",
+        "lowrank_rank": 5,
+        "lowrank_refine": "minres",
+        "diagnose_every": 1,
+        "diagnose_steps": 6,
+        "adaptive_damping": True,
+        "damping": 0.01,
+    }
+    plain = _trainer(_settings(**overrides))
+    plain_records = [plain.alternate() for _ in range(2)]
+    calls: list[int] = []
+
+    def reduce(vectors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        calls.append(1)
+        return tuple(v.clone() for v in vectors)
+
+    hooked = _trainer(_settings(**overrides))
+    hooked.reduce = reduce
+    hooked_records = [hooked.alternate() for _ in range(2)]
+    for a, b in zip(_upper_state(plain), _upper_state(hooked)):
+        assert torch.equal(a, b)
+    for a, b in zip(plain_records, hooked_records):
+        assert a["damping"] == b["damping"] and a["lambda_min"] == b["lambda_min"]
+    # per phase: every product (Lanczos 6 + basis 5 + per step 3 + 1 + the residual 1) and, per step,
+    # the right-hand side and the final gradients
+    products = sum(record["products"] for record in hooked_records)
+    assert len(calls) == products + 2 * 2 * 2
