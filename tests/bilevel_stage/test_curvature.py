@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bissl.bilevel.solvers import dense_matrix
 from bissl.bilevel.spectrum import adaptive_damping, flatten
-from bissl.bilevel.trainer import BilevelTrainer, curvature_operator
+from bissl.bilevel.trainer import BilevelTrainer, curvature_operator, prepare_phase
 from bissl.config import BilevelConfig
 
 from .test_trainer import _batches, _settings, _source, _trainer
@@ -287,3 +287,21 @@ def test_rank_averaging_hook_sees_every_phase_product() -> None:
     # the right-hand side and the final gradients
     products = sum(record["products"] for record in hooked_records)
     assert len(calls) == products + 2 * 2 * 2
+
+
+def test_non_finite_products_fall_back_instead_of_stopping_the_run() -> None:
+    like = (torch.zeros(3, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64))
+
+    def broken(vectors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.full_like(v, math.nan) for v in vectors)
+
+    settings = _settings(solver="lowrank", lowrank_rank=3, adaptive_damping=True, diagnose_steps=4)
+    phase = prepare_phase(broken, like, settings, index=0, estimate=True)
+    assert phase.damping == settings.damping
+    assert phase.spectrum is not None and math.isnan(phase.spectrum.lambda_min)
+    assert not phase.spectrum.positive_definite
+    assert phase.lowrank is not None
+    v = (torch.arange(3.0, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64))
+    for got, want in zip(phase.lowrank.inverse(v, settings.lam + settings.damping), v):
+        assert torch.equal(got, want)
+    assert phase.products == 4 + 3

@@ -133,6 +133,9 @@ def prepare_phase(
     the low-rank basis (``lowrank_rank`` products) for one upper phase; ``index`` seeds the start vectors.
 
     ``matvec`` must already be rank-averaged under torchrun, so every rank computes the same numbers.
+    Non-finite products (a diverging lower level) do not stop the run: the estimate is then NaN, δ stays
+    as configured and the basis is empty (the low-rank step becomes the first-order one), and the upper
+    steps' non-finite guard decides what happens next.
     """
     s = settings
     like = tuple(like)
@@ -140,30 +143,50 @@ def prepare_phase(
     spectrum = None
     estimate_products = 0
     if estimate or s.adaptive_damping:
-        estimate_result = lanczos(
-            matvec,
-            like,
-            steps=s.diagnose_steps,
-            generator=_generator(_SPECTRUM_SEED + index, like),
-            vectors=False,
-        )
-        estimate_products = estimate_result.products
-        if s.adaptive_damping:
+        try:
+            estimate_result = lanczos(
+                matvec,
+                like,
+                steps=s.diagnose_steps,
+                generator=_generator(_SPECTRUM_SEED + index, like),
+                vectors=False,
+            )
+        except torch.linalg.LinAlgError:
+            estimate_products = min(s.diagnose_steps, sum(t.numel() for t in like))
+            spectrum = SpectrumSummary(math.nan, math.nan, 0, False, s.lam + damping)
+        else:
+            estimate_products = estimate_result.products
             lambda_min = float(estimate_result.ritz_values[0])
-            damping = min(adaptive_damping(lambda_min, s.lam, s.damping, s.damping_margin), s.damping_max)
-        spectrum = spectrum_summary(estimate_result, s.lam + damping)
+            if s.adaptive_damping and math.isfinite(lambda_min):
+                damping = min(adaptive_damping(lambda_min, s.lam, s.damping, s.damping_margin), s.damping_max)
+            spectrum = spectrum_summary(estimate_result, s.lam + damping)
     lowrank = None
     products = estimate_products
     if s.solver == "lowrank":
-        lowrank = build_lowrank(
-            matvec,
-            like,
-            rank=s.lowrank_rank,
-            method=s.lowrank_method,
-            generator=_generator(_LOWRANK_SEED + index, like),
-        )
+        try:
+            lowrank = build_lowrank(
+                matvec,
+                like,
+                rank=s.lowrank_rank,
+                method=s.lowrank_method,
+                generator=_generator(_LOWRANK_SEED + index, like),
+            )
+        except (torch.linalg.LinAlgError, ValueError):
+            lowrank = _empty_basis(like, s.lowrank_rank)
         products += lowrank.products
     return PhaseCurvature(damping, spectrum, lowrank, estimate_products, products)
+
+
+def _empty_basis(like: Sequence[torch.Tensor], attempted: int) -> LowRankCurvature:
+    """A rank-0 basis: its inverse is the identity (the fallback when products were not finite)."""
+    size = sum(t.numel() for t in like)
+    reference = like[0]
+    return LowRankCurvature(
+        basis=torch.empty(0, size, dtype=reference.dtype, device=reference.device),
+        values=torch.empty(0, dtype=torch.float64, device=reference.device),
+        like=tuple(t.shape for t in like),
+        products=min(attempted, size),
+    )
 
 
 def needs_phase_products(settings: BilevelConfig, diagnose: bool) -> bool:
