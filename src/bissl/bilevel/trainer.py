@@ -2,7 +2,9 @@
 
 ``BilevelTrainer`` is the library core: it takes built models and two batch sources and runs
 alternations of ``lower_steps`` pretext steps (with the proximal term) and ``upper_steps`` downstream
-steps whose backbone gradient goes through the lower solution by implicit differentiation.
+steps whose backbone gradient goes through the lower solution by implicit differentiation. The curvature
+in the implicit system (Hessian or Gauss–Newton), the solver, a low-rank basis and a Lanczos spectrum
+estimate (diagnostics, adaptive damping) are set up once per upper phase (SPEC §8, docs/implicit.md).
 ``train_bilevel`` is the ``bissl bilevel`` command: it builds everything from a config, logs, checkpoints
 and writes the lower backbone.
 """
