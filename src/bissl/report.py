@@ -39,12 +39,11 @@ SECTIONS = (
     ("probes", "Probes before fine-tuning"),
     ("tsne", "t-SNE of frozen features"),
     ("curves", "Learning curves"),
+    ("curvature", "Curvature"),
     ("search", "Hyper-parameter search"),
     ("timings", "Wall time per stage"),
     ("config", "Configuration"),
 )
-# Shown after the learning curves only when the bilevel metrics hold curvature diagnostics.
-CURVATURE_SECTION = ("curvature", "Curvature")
 REQUIRED_KEYS = (
     "title",
     "created",
@@ -150,21 +149,18 @@ def render_report(results: Mapping[str, Any], run_dir: Path) -> str:
         "probes": lambda: _probes_section(results),
         "tsne": lambda: _tsne_section(results, run_dir),
         "curves": lambda: _curves_section(results),
+        "curvature": lambda: _curvature_section(results),
         "search": lambda: _search_section(results),
         "timings": lambda: _timings_section(results),
         "config": lambda: f"<pre>{_escape(_config_yaml(results['config']))}</pre>",
     }
     sections = [_section(section_id, heading, builders[section_id]()) for section_id, heading in SECTIONS]
-    listed = list(SECTIONS)
-    curvature = _curvature_section(results)
-    if curvature:
-        position = [section_id for section_id, _ in SECTIONS].index("curves") + 1
-        sections.insert(position, _section(CURVATURE_SECTION[0], CURVATURE_SECTION[1], curvature))
-        listed.insert(position, CURVATURE_SECTION)
     extra_figures = _extra_figures_section(results, run_dir)
     if extra_figures:
         sections.insert(len(sections) - 1, extra_figures)
-    navigation = " ".join(f'<a href="#{section_id}">{_escape(heading)}</a>' for section_id, heading in listed)
+    navigation = " ".join(
+        f'<a href="#{section_id}">{_escape(heading)}</a>' for section_id, heading in SECTIONS
+    )
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -886,15 +882,18 @@ def _bilevel_figure(points: list[Any]) -> str:
 
 
 def _curvature_section(results: Mapping[str, Any]) -> str:
-    """Curves of the curvature diagnostics over alternations (``bilevel.diagnose_every``), or "" when the
-    bilevel metrics hold none."""
+    """Curves of the curvature diagnostics over alternations (``bilevel.diagnose_every``), or a note saying
+    that the bilevel metrics hold none."""
     points = [
         _as_mapping(point)
         for point in _as_list(_as_mapping(results.get("curves")).get("bilevel"))
         if _number(_as_mapping(point).get("lambda_min")) is not None
     ]
     if not points:
-        return ""
+        return _note(
+            "No curvature diagnostics were recorded: they exist when the BiSSL arm ran with "
+            "bilevel.diagnose_every > 0 (docs/implicit.md)."
+        )
     from matplotlib import ticker
 
     lam = _number(_as_mapping(_as_mapping(results.get("config")).get("bilevel")).get("lam")) or 0.0
