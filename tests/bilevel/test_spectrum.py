@@ -113,6 +113,25 @@ def test_lanczos_stops_early_on_a_low_rank_matrix() -> None:
     assert torch.allclose(nonzero, torch.tensor([-3.0, 1.0, 2.0, 9.0], dtype=torch.double), atol=1e-10)
 
 
+def test_lanczos_in_float32_stops_when_a_low_rank_krylov_space_is_exhausted() -> None:
+    size = 3000
+    basis, _ = torch.linalg.qr(
+        torch.randn(size, 6, dtype=torch.double, generator=torch.Generator().manual_seed(20))
+    )
+    eigenvalues = torch.tensor([1500.0, 900.0, 300.0, 40.0, 2.0, 0.5], dtype=torch.double)
+    matrix = ((basis * eigenvalues) @ basis.T).float()
+    noise = torch.Generator().manual_seed(21)
+
+    def noisy(vectors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        product = matrix @ vectors[0]
+        return (product + 1e-6 * product.norm() * torch.randn(size, generator=noise) / size**0.5,)
+
+    result = lanczos(noisy, (torch.zeros(size),), steps=20, generator=torch.Generator().manual_seed(22))
+    assert result.products <= 8
+    assert float(result.ritz_values.max()) == pytest.approx(1500.0, rel=1e-4)
+    assert float(result.ritz_values.min()) > -1e-2
+
+
 def test_lanczos_from_a_given_start_and_in_float32() -> None:
     matrix = _symmetric(torch.linspace(-2, 5, SIZE), seed=7)
     _, matvec = _operator(matrix)

@@ -170,8 +170,16 @@ def _preconditioned_cg(
     return SolveResult(_finite(x), used, _relative(residual, b_norm))
 
 
-def _dot64(a: Tensor, b: Tensor) -> float:
-    return float(torch.dot(a.double(), b.double()))
+def _fdot(a: Tensor, b: Tensor) -> float:
+    """Inner product of two flat tensors as a Python float."""
+    return float(torch.dot(a, b))
+
+
+def _combine(
+    older: Tensor, prev: Tensor, vector: Tensor, epsilon: float, delta: float, gamma: float
+) -> Tensor:
+    """(vector − ε older − δ prev) / γ, computed in place in ``older``'s storage."""
+    return older.mul_(-epsilon).add_(prev, alpha=-delta).add_(vector).div_(gamma)
 
 
 def minres(
@@ -186,8 +194,9 @@ def minres(
     """MINRES (Paige–Saunders) for symmetric, possibly indefinite A: x_k minimises ‖b − A x‖ over the
     Krylov space (the M⁻¹-weighted norm with an SPD ``preconditioner`` M⁻¹), so the residual never grows.
 
-    One matvec per iteration; scalars in float64. ``residual_norm`` is ‖b − A x‖/‖b‖ from the recursion
-    (φ̄ without a preconditioner, an updated residual vector with one), exact in exact arithmetic.
+    One matvec per iteration; the scalar recurrences run in float64, dot products in the vectors'
+    precision, vector updates in place. ``residual_norm`` is ‖b − A x‖/‖b‖ from the recursion (φ̄ without
+    a preconditioner, an updated residual vector with one), exact in exact arithmetic.
     """
     b = tuple(t.detach() for t in b)
     like = b
@@ -207,7 +216,7 @@ def minres(
     def relative(norm: float) -> float:
         return norm / b_norm if b_norm > 0 else norm
 
-    start_norm = math.sqrt(_dot64(residual, residual))
+    start_norm = math.sqrt(_fdot(residual, residual))
     current = relative(start_norm)
     if (tol > 0 and current <= tol) or start_norm == 0 or iterations < 1:
         return SolveResult(_finite(unflatten(x, like)), 0, current)
@@ -215,7 +224,7 @@ def minres(
     lanczos_prev = residual.clone()
     lanczos_curr = residual.clone()
     z = precondition(residual)
-    beta = math.sqrt(_dot64(residual, z))
+    beta = math.sqrt(_fdot(residual, z))
     if not beta > 0:
         raise ValueError("the MINRES preconditioner must be positive definite")
     beta_prev = 0.0
@@ -235,13 +244,13 @@ def minres(
         used += 1
         raw_product = product.clone() if tracked else product
         if step > 0:
-            product = product - (beta / beta_prev) * lanczos_prev
-        alpha = _dot64(basis_vector, product)
-        product = product - (alpha / beta) * lanczos_curr
+            product.sub_(lanczos_prev, alpha=beta / beta_prev)
+        alpha = _fdot(basis_vector, product)
+        product.sub_(lanczos_curr, alpha=alpha / beta)
         lanczos_prev, lanczos_curr = lanczos_curr, product
         z = precondition(lanczos_curr)
         beta_prev = beta
-        beta_squared = _dot64(lanczos_curr, z)
+        beta_squared = _fdot(lanczos_curr, z)
         if beta_squared < 0:
             raise ValueError("the MINRES preconditioner must be positive definite")
         beta = math.sqrt(beta_squared)
@@ -254,14 +263,15 @@ def minres(
         cosine, sine = gamma_bar / gamma, beta / gamma
         phi = cosine * phi_bar
         phi_bar = sine * phi_bar
+        # w_k = (v_k − ε w_{k−2} − δ w_{k−1}) / γ, written over w_{k−2}: two buffers serve the recurrence.
         direction_older, direction_prev = direction_prev, direction
-        direction = (basis_vector - epsilon_prev * direction_older - delta * direction_prev) / gamma
-        x = x + phi * direction
+        direction = _combine(direction_older, direction_prev, basis_vector, epsilon_prev, delta, gamma)
+        x.add_(direction, alpha=phi)
         if tracked:
             image_older, image_prev = image_prev, image
-            image = (raw_product - epsilon_prev * image_older - delta * image_prev) / gamma
-            residual = residual - phi * image
-            current = relative(math.sqrt(_dot64(residual, residual)))
+            image = _combine(image_older, image_prev, raw_product, epsilon_prev, delta, gamma)
+            residual.sub_(image, alpha=phi)
+            current = relative(math.sqrt(_fdot(residual, residual)))
         else:
             current = relative(phi_bar)
         if current <= max(tol, floor) or beta <= 1e-13 * (abs(alpha) + beta_prev):

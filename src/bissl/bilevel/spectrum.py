@@ -92,9 +92,10 @@ def lanczos(
 ) -> LanczosResult:
     """``steps`` Lanczos steps on ``matvec`` with full reorthogonalisation (Gram–Schmidt twice).
 
-    One product per step; the run stops early when β falls below 1e-10 · max|α| (the Krylov space is
-    invariant, so the Ritz values found are exact eigenvalues). The start vector is ``start``, else
-    random normal from ``generator``.
+    One product per step; the run stops early when β falls below 1e-10 · max|α| (100 ε · max|α| for
+    vectors whose precision ε cannot resolve that, e.g. float32): the Krylov space is then invariant and
+    the Ritz values found are eigenvalues; going on would only feed rounding noise through the operator.
+    The start vector is ``start``, else random normal from ``generator``.
     """
     if steps < 1:
         raise ValueError(f"Lanczos needs steps >= 1, got {steps}")
@@ -109,6 +110,7 @@ def lanczos(
     first_norm = math.sqrt(_dot64(first, first))
     if not first_norm > 0:
         raise ValueError("the Lanczos start vector must be non-zero and finite")
+    breakdown = max(BREAKDOWN, 100 * torch.finfo(reference.dtype).eps)
     basis = torch.empty(steps, size, dtype=reference.dtype, device=reference.device)
     basis[0] = (first.double() / first_norm).to(reference.dtype)
     alphas: list[float] = []
@@ -123,7 +125,7 @@ def lanczos(
         for _ in range(2):
             product -= _projection(basis[: step + 1], product)
         beta = math.sqrt(_dot64(product, product))
-        if step + 1 == steps or beta <= BREAKDOWN * max(abs(a) for a in alphas):
+        if step + 1 == steps or beta <= breakdown * max(abs(a) for a in alphas):
             break
         betas.append(beta)
         basis[step + 1] = (product / beta).to(reference.dtype)
