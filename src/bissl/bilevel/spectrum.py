@@ -52,17 +52,10 @@ def unflatten(flat: Tensor, like: Sequence[Tensor] | Sequence[torch.Size]) -> Ve
 
 
 def _dot64(a: Tensor, b: Tensor) -> float:
-    """Inner product of two flat tensors, accumulated in float64."""
-    return float(torch.dot(a.double(), b.double()))
-
-
-def _projection(rows: Tensor, vector: Tensor) -> Tensor:
-    """rowsᵀ (rows · vector) for orthonormal ``rows``, as float64: exact float64 products when the rows
-    are float64; otherwise in the rows' dtype, which is all the precision such rows hold."""
-    if rows.dtype == torch.float64:
-        return (rows @ vector) @ rows
-    coefficients = rows @ vector.to(rows.dtype)
-    return (coefficients @ rows).double()
+    """Inner product of two flat tensors, accumulated in float64 (without a float64 copy of either)."""
+    if a.dtype == torch.float64:
+        return float(torch.dot(a, b))
+    return float(torch.sum(a * b, dtype=torch.float64))
 
 
 @dataclass
@@ -92,6 +85,9 @@ def lanczos(
 ) -> LanczosResult:
     """``steps`` Lanczos steps on ``matvec`` with full reorthogonalisation (Gram–Schmidt twice).
 
+    α and β are accumulated in float64; the vectors and the reorthogonalisation stay in the dtype of
+    ``like`` (all the precision a basis stored in it holds).
+
     One product per step; the run stops early when β falls below 1e-10 · max|α| (100 ε · max|α| for
     vectors whose precision ε cannot resolve that, e.g. float32): the Krylov space is then invariant and
     the Ritz values found are eigenvalues; going on would only feed rounding noise through the operator.
@@ -116,19 +112,20 @@ def lanczos(
     alphas: list[float] = []
     betas: list[float] = []
     for step in range(steps):
-        product = flatten(matvec(unflatten(basis[step], like))).detach().double()
+        product = flatten(matvec(unflatten(basis[step], like))).detach().to(reference.dtype)
         alpha = _dot64(basis[step], product)
         alphas.append(alpha)
-        product -= alpha * basis[step].double()
+        product.sub_(basis[step], alpha=alpha)
         if step > 0:
-            product -= betas[-1] * basis[step - 1].double()
+            product.sub_(basis[step - 1], alpha=betas[-1])
         for _ in range(2):
-            product -= _projection(basis[: step + 1], product)
+            rows = basis[: step + 1]
+            product.sub_((rows @ product) @ rows)
         beta = math.sqrt(_dot64(product, product))
         if step + 1 == steps or beta <= breakdown * max(abs(a) for a in alphas):
             break
         betas.append(beta)
-        basis[step + 1] = (product / beta).to(reference.dtype)
+        basis[step + 1] = product.div_(beta)
     count = len(alphas)
     alpha_tensor = torch.tensor(alphas, dtype=torch.float64)
     beta_tensor = torch.tensor(betas, dtype=torch.float64)
