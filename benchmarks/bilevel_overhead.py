@@ -3,6 +3,10 @@ the same number of plain pretext steps and plain fine-tuning steps, and against 
 strategy (recompute) — all measured in one run, medians over alternations.
 
     python benchmarks/bilevel_overhead.py [--config configs/demo.yaml] [--alternations 4] [--threads 2]
+
+With ``--diagnose-every N`` it measures instead what curvature diagnostics cost: blocks of N consecutive
+alternations (each holds exactly one diagnosed alternation) with and without ``bilevel.diagnose_every=N``,
+interleaved, and prints the median block time of each and their ratio (``--blocks``, at least 3).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import copy
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +41,13 @@ def main() -> None:
         "--alternations", type=int, default=4, help="timed alternations per strategy (after one warm-up)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--diagnose-every",
+        type=int,
+        default=0,
+        help="measure the cost of bilevel.diagnose_every=N against no diagnostics instead",
+    )
+    parser.add_argument("--blocks", type=int, default=3, help="timed blocks of N alternations per arm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
@@ -48,7 +60,9 @@ def main() -> None:
     base_head = linear_head(feature_dim(base_lower.backbone), task.num_classes)
     s = config.bilevel
 
-    def build(mode: str, scope: str) -> BilevelTrainer:
+    def build(
+        mode: str, scope: str, diagnose_every: int = 0, alternations: int = args.alternations + 1
+    ) -> BilevelTrainer:
         lower = copy.deepcopy(base_lower)
         upper = initial_models(lower, None)
         lower_stream = BatchStream(pretext_data, s.lower_batch_size, seed=0)
@@ -65,7 +79,9 @@ def main() -> None:
             images, labels = next(upper_stream)
             return augment(images, train=True), labels
 
-        settings = dataclasses.replace(s, hvp_mode=mode, hvp_scope=scope, alternations=args.alternations + 1)
+        settings = dataclasses.replace(
+            s, hvp_mode=mode, hvp_scope=scope, alternations=alternations, diagnose_every=diagnose_every
+        )
         return BilevelTrainer(
             lower,
             upper,
@@ -97,6 +113,9 @@ def main() -> None:
             trainer.upper_optimizer.step()
         return pretext_seconds, time.perf_counter() - started
 
+    if args.diagnose_every > 0:
+        diagnostics_cost(build, args.diagnose_every, max(3, args.blocks), args)
+        return
     rows: dict[str, tuple[float, float]] = {}
     plain = [plain_steps() for _ in range(args.alternations)]
     rows["plain steps"] = (statistics.median(p[0] for p in plain), statistics.median(p[1] for p in plain))
@@ -128,6 +147,57 @@ def main() -> None:
             f"{label:<28} {lower_seconds:8.2f} {upper_seconds:8.2f} {total:8.2f} {total / plain_total:8.2f}x "
             f"{reference_upper / upper_seconds:18.2f}x"
         )
+
+
+def diagnostics_cost(
+    build: Callable[..., BilevelTrainer], every: int, blocks: int, args: argparse.Namespace
+) -> None:
+    """Median seconds of ``every`` consecutive alternations (lower + upper phases) with and without
+    diagnostics every ``every`` alternations; the two arms alternate one alternation at a time, so a change
+    in the machine's load hits both."""
+    alternations = 1 + blocks * every
+    default, diagnosed = "reuse per phase (default)", f"+ diagnose_every={every}"
+    arms = {
+        default: build("reuse", "phase", 0, alternations),
+        diagnosed: build("reuse", "phase", every, alternations),
+    }
+    for trainer in arms.values():
+        trainer.alternate()  # warm-up (diagnosed in the second arm)
+    seconds: dict[str, list[float]] = {label: [] for label in arms}
+    counts: dict[str, int] = dict.fromkeys(arms, 0)
+    products: dict[str, int] = dict.fromkeys(arms, 0)
+    for _ in range(blocks):
+        block = dict.fromkeys(arms, 0.0)
+        for _ in range(every):
+            for label, trainer in arms.items():
+                record = trainer.alternate()
+                block[label] += record["lower_seconds"] + record["upper_seconds"]
+                counts[label] += "lambda_min" in record
+                products[label] += record["products"]
+        for label, value in block.items():
+            seconds[label].append(value)
+    s = arms[diagnosed].settings
+    print(
+        f"config {args.config}: blocks of {every} alternations ({s.lower_steps} lower + {s.upper_steps} upper "
+        f"steps, {s.cg_iterations} iterations), diagnostics {s.diagnose_steps} Lanczos steps + 1 residual "
+        f"product, {args.threads} threads, medians of {blocks} blocks per arm, arms interleaved per alternation"
+    )
+    print(
+        f"{'arm':<28} {'s / block':>10} {'s / alternation':>16} {'products / alt.':>16} {'diagnosed':>10} "
+        f"{'vs default':>11}"
+    )
+    reference = statistics.median(seconds[default])
+    timed = blocks * every
+    for label, values in seconds.items():
+        block_seconds = statistics.median(values)
+        print(
+            f"{label:<28} {block_seconds:10.2f} {block_seconds / every:16.2f} {products[label] / timed:16.1f} "
+            f"{counts[label]:10d} {block_seconds / reference:10.3f}x"
+        )
+    print(
+        "blocks (s): "
+        + "; ".join(f"{label}: {', '.join(f'{v:.1f}' for v in values)}" for label, values in seconds.items())
+    )
 
 
 if __name__ == "__main__":

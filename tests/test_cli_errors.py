@@ -205,6 +205,115 @@ CASES: list[Case] = [
         "cuda",
     ),
     ("report without results", lambda t, p: ["report", str(t)], "results.json"),
+    (
+        "cg iterations < 1",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.cg_iterations=0"],
+        "bilevel.cg_iterations",
+    ),
+    (
+        "minres iterations < 1",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.solver=minres", "bilevel.cg_iterations=0"],
+        "bilevel.cg_iterations",
+    ),
+    (
+        "neumann iterations < 1",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.solver=neumann", "bilevel.cg_iterations=-2"],
+        "bilevel.cg_iterations",
+    ),
+    (
+        "bad curvature",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.curvature=fisher"],
+        "bilevel.curvature",
+    ),
+    (
+        "low-rank rank < 1",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.solver=lowrank", "bilevel.lowrank_rank=0"],
+        "bilevel.lowrank_rank",
+    ),
+    (
+        "refinement iterations < 1",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.lowrank_refine_iterations=0"],
+        "bilevel.lowrank_refine_iterations",
+    ),
+    (
+        "bad negative treatment",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.lowrank_negative=flip"],
+        "bilevel.lowrank_negative",
+    ),
+    (
+        "bad refinement",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.lowrank_refine=gmres"],
+        "bilevel.lowrank_refine",
+    ),
+    (
+        "nystrom on the Hessian",
+        lambda t, p: [
+            "bilevel",
+            "--out",
+            str(t / "o"),
+            "bilevel.solver=lowrank",
+            "bilevel.lowrank_method=nystrom",
+        ],
+        "bilevel.curvature=ggn",
+    ),
+    (
+        "ggn with forward-over-reverse",
+        lambda t, p: [
+            "bilevel",
+            "--out",
+            str(t / "o"),
+            "bilevel.curvature=ggn",
+            "bilevel.hvp_mode=forward-over-reverse",
+        ],
+        "bilevel.hvp_mode",
+    ),
+    (
+        "diagnostics every < 0",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.diagnose_every=-1"],
+        "bilevel.diagnose_every",
+    ),
+    (
+        "Lanczos steps < 1",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.diagnose_steps=0"],
+        "bilevel.diagnose_steps",
+    ),
+    (
+        "bad damping margin",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.damping_margin=1.5"],
+        "bilevel.damping_margin",
+    ),
+    (
+        "damping cap below damping",
+        lambda t, p: [
+            "bilevel",
+            "--out",
+            str(t / "o"),
+            "bilevel.adaptive_damping=true",
+            "bilevel.damping_max=1",
+        ],
+        "bilevel.damping_max",
+    ),
+    ("curvature without checkpoint", lambda t, p: ["curvature", *TINY], "pretext_checkpoint"),
+    (
+        "curvature with a missing checkpoint",
+        lambda t, p: ["curvature", *TINY, f"pretext_checkpoint={t / 'nope.pt'}"],
+        "does not exist",
+    ),
+    (
+        "curvature with a wrong-stage head",
+        lambda t, p: [
+            "curvature",
+            *TINY,
+            f"pretext_checkpoint={p / 'checkpoints' / 'pretext.pt'}",
+            f"head_checkpoint={p / 'checkpoints' / 'pretext.pt'}",
+        ],
+        "expected warmup",
+    ),
+    (
+        "curvature with a bad knob",
+        lambda t, p: ["curvature", *TINY, "bilevel.diagnose_steps=0"],
+        "bilevel.diagnose_steps",
+    ),
 ]
 
 

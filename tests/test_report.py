@@ -21,6 +21,7 @@ SECTION_IDS = [
     "probes",
     "tsne",
     "curves",
+    "curvature",
     "search",
     "timings",
     "config",
@@ -64,6 +65,19 @@ def _arm(
             "test_top1": {"mean": sum(values) / 3, "std": 0.5, "n": 3, "values": values},
             "test_top5": {"mean": sum(top5) / 3, "std": 0.25, "n": 3, "values": top5},
         },
+    }
+
+
+def _diagnostics(alternation: int) -> dict[str, Any]:
+    """What ``bilevel.diagnose_every`` adds to a bilevel record."""
+    return {
+        "lambda_min": -25.0 + 4 * alternation,
+        "lambda_max": 600.0 + alternation,
+        "ritz_below": 4 - alternation,
+        "positive_definite": alternation == 4,
+        "true_residual": 2.5 / (alternation + 1),
+        "cosine_first_order": 0.125 * (alternation + 1),
+        "diagnose_products": 21,
     }
 
 
@@ -117,6 +131,9 @@ def make_results() -> dict[str, Any]:
                     "lower_seconds": 0.25,
                     "upper_seconds": 0.75,
                     "val_top1": 60.0 + alternation,
+                    "damping": 10.0 + alternation,
+                    "products": 40,
+                    **(_diagnostics(alternation) if alternation % 2 == 0 else {}),
                 }
                 for alternation in range(5)
             ],
@@ -309,3 +326,23 @@ def test_malformed_results_json_is_a_one_line_user_error(tmp_path: Path, content
         write_report(tmp_path)
     assert "\n" not in str(caught.value) and "rerun 'bissl compare'" in str(caught.value)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_curvature_section_shows_the_diagnostics(report: str) -> None:
+    curvature = _section(report, "curvature")
+    assert curvature.count("<img") == 1
+    assert "positive definite at 1 of 3 diagnosed alternations" in curvature
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", curvature)
+    assert cells == ["4", "-9", "604", "0", "yes", "0.5", "0.625", "14"]  # the last diagnosed alternation
+    assert '<a href="#curvature">Curvature</a>' in report
+
+
+def test_curvature_section_says_so_without_diagnostics(tmp_path: Path) -> None:
+    results = make_results()
+    for point in results["curves"]["bilevel"]:
+        for key in _diagnostics(0):
+            point.pop(key, None)
+    document = write_report(write_results(tmp_path, results)).read_text(encoding="utf-8")
+    curvature = _section(document, "curvature")
+    assert "No curvature diagnostics were recorded" in curvature and "<img" not in curvature
+    assert _section(document, "curves").count("<img") == 3  # bilevel, pretraining, fine-tuning

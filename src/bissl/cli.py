@@ -49,6 +49,7 @@ class Tool:
     help: str
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    description: str | None = None
 
 
 def _add_import_options(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +224,31 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curvature_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_option(parser)
+    parser.add_argument("--out", default=None, help="also write the numbers to DIR/curvature.json")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pretext_checkpoint=PATH"
+    )
+
+
+def _curvature(args: argparse.Namespace) -> int:
+    from bissl.config import load_config
+    from bissl.train.curvature import curvature_command
+
+    print("\n".join(curvature_command(load_config(args.config, args.overrides), args.out)))
+    return 0
+
+
+CURVATURE_DESCRIPTION = (
+    "On one Hessian batch of pretext_checkpoint=PATH, print one line each: the curvature used "
+    "(bilevel.curvature), lambda_min and lambda_max of its Lanczos estimate (bilevel.diagnose_steps), "
+    "the number of Ritz values below -(lam+delta), whether I + H/(lam+delta) is positive definite, "
+    "and for the configured bilevel.solver the true relative residual ||v - A x||/||v|| and cos(x, v), "
+    "where v is the downstream gradient of the head of head_checkpoint=PATH, or of a freshly "
+    "initialised linear head, on one downstream batch. Writes nothing unless --out is given."
+)
+
 TOOLS: dict[str, Tool] = {
     "report": Tool("write report.html and results.json for a compare folder", _report_arguments, _report),
     "data": Tool("dataset utilities", _data_arguments, _data),
@@ -231,6 +257,12 @@ TOOLS: dict[str, Tool] = {
         "'config show': every key of a resolved config with its value and description",
         _config_arguments,
         _config,
+    ),
+    "curvature": Tool(
+        "is the implicit system of a pretext checkpoint well posed? one line per quantity",
+        _curvature_arguments,
+        _curvature,
+        CURVATURE_DESCRIPTION,
     ),
 }
 
@@ -262,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="reuse an --out folder made with another config")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     for name, tool in TOOLS.items():
-        tool.arguments(sub.add_parser(name, help=tool.help, description=tool.help))
+        tool.arguments(sub.add_parser(name, help=tool.help, description=tool.description or tool.help))
     return parser
 
 

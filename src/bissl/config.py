@@ -198,8 +198,8 @@ class BilevelConfig:
     """δ: added to λ inside the inverse only, so the solved system is x + Hx/(λ+δ) = v."""
     gamma: float = 1.0
     """γ: weight of the upper backbone's own downstream gradient in the upper objective."""
-    solver: Literal["cg", "neumann", "exact", "identity"] = "cg"
-    """Solver of the implicit linear system: conjugate gradient, Neumann series, dense (tiny models), or identity (first order)."""
+    solver: Literal["cg", "minres", "neumann", "lowrank", "exact", "identity"] = "cg"
+    """Linear solver for (I + H/(λ+δ)) x = v: cg, minres, neumann, lowrank, exact (tiny models), identity (first order)."""
     cg_iterations: int = 5
     """Iterations (CG) or series terms (Neumann) per solve."""
     layerwise: bool = True
@@ -248,6 +248,28 @@ class BilevelConfig:
     """Alternations between checkpoints."""
     lower_lars_exclude_bias_norm: bool | None = None
     """Lower-level LARS leaves biases and norm parameters without weight decay and trust ratio (null: as pretrain.lars_exclude_bias_norm)."""
+    curvature: Literal["hessian", "ggn"] = "hessian"
+    """Curvature in the implicit system: the pretext Hessian, or its Gauss–Newton part (PSD)."""
+    lowrank_rank: int = 10
+    """solver=lowrank: rank k of the basis built once per upper phase (k products)."""
+    lowrank_method: Literal["lanczos", "nystrom"] = "lanczos"
+    """solver=lowrank: how the basis is built; nystrom needs PSD curvature (curvature=ggn)."""
+    lowrank_negative: Literal["clip", "abs", "keep"] = "clip"
+    """solver=lowrank: treatment of eigenvalue estimates at or below −(λ+δ): clip to 0, abs, or keep."""
+    lowrank_refine: Literal["none", "cg", "minres"] = "none"
+    """solver=lowrank: none applies the low-rank inverse; cg or minres refine it, preconditioned by it."""
+    lowrank_refine_iterations: int = 2
+    """solver=lowrank with refinement: CG/MINRES iterations (products) per upper step."""
+    diagnose_every: int = 0
+    """Log curvature diagnostics every N alternations, starting with the first (0: off)."""
+    diagnose_steps: int = 20
+    """Lanczos steps (products) behind the diagnostics and the adaptive damping estimate."""
+    adaptive_damping: bool = False
+    """Raise δ per alternation until λ_min(I + H/(λ+δ)) >= damping_margin (from a Lanczos estimate)."""
+    damping_margin: float = 0.1
+    """adaptive_damping: the smallest eigenvalue of I + H/(λ+δ) to reach, in (0, 1)."""
+    damping_max: float = 1.0e4
+    """adaptive_damping: the largest δ it may use."""
 
 
 @dataclass
@@ -596,6 +618,44 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+ITERATIVE_SOLVERS = ("cg", "minres", "neumann")
+
+
+def _validate_curvature(b: BilevelConfig) -> None:
+    """Solver, curvature, low-rank, diagnostics and adaptive-damping knobs (docs/implicit.md)."""
+    _check(
+        b.solver not in ITERATIVE_SOLVERS or b.cg_iterations >= 1,
+        f"config key 'bilevel.cg_iterations' must be >= 1 for solver={b.solver}, got {b.cg_iterations}; "
+        "use solver=identity for no solve",
+    )
+    for key in ("lowrank_rank", "lowrank_refine_iterations", "diagnose_steps"):
+        value = getattr(b, key)
+        _check(value >= 1, f"config key 'bilevel.{key}' must be >= 1, got {value}")
+    _check(
+        b.diagnose_every >= 0,
+        f"config key 'bilevel.diagnose_every' must be >= 0 (0: off), got {b.diagnose_every}",
+    )
+    _check(
+        b.lowrank_method != "nystrom" or b.curvature == "ggn",
+        "config key 'bilevel.lowrank_method' is nystrom, which needs PSD curvature: "
+        "set bilevel.curvature=ggn or bilevel.lowrank_method=lanczos",
+    )
+    _check(
+        b.curvature != "ggn" or b.hvp_mode != "forward-over-reverse",
+        "config key 'bilevel.hvp_mode' must be reuse or recompute with bilevel.curvature=ggn, "
+        f"got {b.hvp_mode}",
+    )
+    _check(
+        0 < b.damping_margin < 1,
+        f"config key 'bilevel.damping_margin' must be in (0, 1), got {b.damping_margin}",
+    )
+    _check(
+        not b.adaptive_damping or b.damping_max >= b.damping,
+        f"config key 'bilevel.damping_max' must be >= bilevel.damping ({b.damping}) with adaptive damping, "
+        f"got {b.damping_max}",
+    )
+
+
 def validate(config: Config) -> None:
     """Range checks that the types alone cannot express."""
     b = config.bilevel
@@ -605,11 +665,8 @@ def validate(config: Config) -> None:
     for key in ("alternations", "lower_steps", "upper_steps", "lower_batch_size", "upper_batch_size"):
         value = getattr(b, key)
         _check(value >= 1, f"config key 'bilevel.{key}' must be >= 1, got {value}")
-    _check(
-        b.cg_iterations >= 1 or b.solver in ("exact", "identity"),
-        f"config key 'bilevel.cg_iterations' must be >= 1 for solver {b.solver!r} (0 iterations return a zero "
-        f"implicit term), got {b.cg_iterations}",
-    )
+    _check(b.cg_iterations >= 0, f"config key 'bilevel.cg_iterations' must be >= 0, got {b.cg_iterations}")
+    _validate_curvature(b)
     _check(
         config.pretext.projector_warmup_steps >= 0,
         f"config key 'pretext.projector_warmup_steps' must be >= 0, got {config.pretext.projector_warmup_steps}",

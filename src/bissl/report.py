@@ -39,6 +39,7 @@ SECTIONS = (
     ("probes", "Probes before fine-tuning"),
     ("tsne", "t-SNE of frozen features"),
     ("curves", "Learning curves"),
+    ("curvature", "Curvature"),
     ("search", "Hyper-parameter search"),
     ("timings", "Wall time per stage"),
     ("config", "Configuration"),
@@ -148,6 +149,7 @@ def render_report(results: Mapping[str, Any], run_dir: Path) -> str:
         "probes": lambda: _probes_section(results),
         "tsne": lambda: _tsne_section(results, run_dir),
         "curves": lambda: _curves_section(results),
+        "curvature": lambda: _curvature_section(results),
         "search": lambda: _search_section(results),
         "timings": lambda: _timings_section(results),
         "config": lambda: f"<pre>{_escape(_config_yaml(results['config']))}</pre>",
@@ -301,11 +303,11 @@ def _expect_number(value: Any, where: str) -> None:
 
 
 def _expect_records(value: Any, where: str, text_keys: Sequence[str] = ()) -> None:
-    """A list of objects whose values are numbers or text (``text_keys`` must be text); other entries
-    (paths, notes) are carried along and ignored by the figures."""
+    """A list of objects whose values are numbers, booleans or text (``text_keys`` must be text); other
+    entries (paths, notes) are carried along and ignored by the figures."""
     for index, record in enumerate(_expect_list(value, where)):
         for key, field in _expect_object(record, f"{where}[{index}]").items():
-            if field is None:
+            if field is None or (isinstance(field, bool) and key not in text_keys):
                 continue
             if key in text_keys or isinstance(field, str):
                 _expect_string(field, f"{where}[{index}].{key}")
@@ -877,6 +879,120 @@ def _bilevel_figure(points: list[Any]) -> str:
         "lower backbone θ_P and on the upper backbone θ_D."
     )
     return _figure_html(figure, "learning curves of the bilevel stage", caption)
+
+
+def _curvature_section(results: Mapping[str, Any]) -> str:
+    """Curves of the curvature diagnostics over alternations (``bilevel.diagnose_every``), or a note saying
+    that the bilevel metrics hold none."""
+    points = [
+        _as_mapping(point)
+        for point in _as_list(_as_mapping(results.get("curves")).get("bilevel"))
+        if _number(_as_mapping(point).get("lambda_min")) is not None
+    ]
+    if not points:
+        return _note(
+            "No curvature diagnostics were recorded: they exist when the BiSSL arm ran with "
+            "bilevel.diagnose_every > 0 (docs/implicit.md)."
+        )
+    from matplotlib import ticker
+
+    lam = _number(_as_mapping(_as_mapping(results.get("config")).get("bilevel")).get("lam")) or 0.0
+    x_key = "alternation"
+    xs, damping = _series(points, x_key, "damping")
+    threshold = [-(lam + value) for value in damping]
+    panels: list[tuple[str, str, list[tuple[str, list[float], str, str]]]] = [
+        (
+            "λ_min of the curvature",
+            "eigenvalue",
+            [
+                ("λ_min", _series(points, x_key, "lambda_min")[1], "#4c72b0", "-"),
+                ("−(λ+δ)", threshold, "#c44e52", "--"),
+            ],
+        ),
+        (
+            "λ_max of the curvature",
+            "eigenvalue",
+            [("λ_max", _series(points, x_key, "lambda_max")[1], "#dd8452", "-")],
+        ),
+        (
+            "Ritz values below −(λ+δ)",
+            "count",
+            [("count", _series(points, x_key, "ritz_below")[1], "#8172b3", "-")],
+        ),
+        (
+            "True relative residual ‖v − A x‖/‖v‖",
+            "residual",
+            [("first upper step", _series(points, x_key, "true_residual")[1], "#c44e52", "-")],
+        ),
+        (
+            "cos(x, v)",
+            "cosine",
+            [("first upper step", _series(points, x_key, "cosine_first_order")[1], "#55a868", "-")],
+        ),
+        ("Damping δ", "δ", [("δ", damping, "#937860", "-")]),
+    ]
+    drawn = [panel for panel in panels if any(_has_values(values) for _, values, _, _ in panel[2])]
+    columns = 3
+    rows = math.ceil(len(drawn) / columns)
+    figure, axes = _new_figure(11.5, 3.2 * rows, rows, columns, right_margin=0.8, column_gap=0.6)
+    for axis, (title, y_label, lines) in zip(axes, drawn):
+        for label, values, colour, style in lines:
+            axis.plot(xs, values, marker="o", markersize=3, lw=1.4, ls=style, color=colour, label=label)
+        if len(lines) > 1:
+            axis.legend(fontsize="small", frameon=False)
+        _style_axis(axis, title, "alternation", y_label)
+        if title.startswith("True relative residual") and all(
+            value > 0 for value in lines[0][1] if math.isfinite(value)
+        ):
+            axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+    for axis in axes[len(drawn) :]:
+        axis.set_visible(False)
+    definite = [point.get("positive_definite") for point in points]
+    known = [value for value in definite if isinstance(value, bool)]
+    last = points[-1]
+    rows_html = [
+        [
+            _count(last.get("alternation")),
+            _general(last.get("lambda_min")),
+            _general(last.get("lambda_max")),
+            _count(last.get("ritz_below")),
+            "n/a"
+            if not isinstance(last.get("positive_definite"), bool)
+            else ("yes" if last["positive_definite"] else "no"),
+            _general(last.get("true_residual")),
+            _general(last.get("cosine_first_order")),
+            _general(last.get("damping")),
+        ]
+    ]
+    table = _table(
+        [
+            "Alternation",
+            "λ_min",
+            "λ_max",
+            "Below −(λ+δ)",
+            "Positive definite",
+            "True residual",
+            "cos(x, v)",
+            "δ",
+        ],
+        rows_html,
+        [True, True, True, True, False, True, True, True],
+    )
+    caption = (
+        "Lanczos estimates of the curvature's extreme eigenvalues on each diagnosed alternation's Hessian batch, "
+        "the number of Ritz values below −(λ+δ) (each makes I + H/(λ+δ) indefinite), and for the first upper "
+        "step the solver's true relative residual on its own system and the cosine between the solved backbone "
+        "gradient x and the first-order one v."
+    )
+    note = _note(
+        f"I + H/(λ+δ) was positive definite at {sum(known)} of {len(known)} diagnosed alternations; "
+        "the table shows the last one."
+    )
+    return "\n".join(
+        [_figure_html(figure, "curvature diagnostics of the bilevel stage", caption), table, note]
+    )
 
 
 def _pretrain_figure(points: list[Any]) -> str:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bissl.models import mlp
-from bissl.pretext.base import PretextTask
+from bissl.pretext.base import OuterLoss, PretextTask
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,26 @@ class BYOL(PretextTask):
         p1, p2 = prediction.chunk(2)
         t1, t2 = target.chunk(2)
         return byol_loss(p1, t2) + byol_loss(p2, t1)
+
+    def gauss_newton_split(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, OuterLoss]:
+        """Split at the L2-normalised predictions p̂ with the target ẑ constant: the loss 2 − 2 cos(p, z)
+        is ‖p̂ − ẑ‖², so ℓ = Σ ‖p̂ − ẑ‖² / batch over both terms and ∇²ℓ = (2 / batch) I."""
+        both = torch.cat([view1, view2])
+        projector, predictor = self._part("projector"), self._part("predictor")
+        normalised = F.normalize(predictor(projector(self.backbone(both))), dim=-1)
+        with torch.no_grad():
+            target = F.normalize(self.target(both), dim=-1)
+        t1, t2 = target.chunk(2)
+        swapped = torch.cat([t2, t1])
+        batch = view1.shape[0]
+
+        def value(outputs: torch.Tensor) -> torch.Tensor:
+            return ((outputs - swapped) ** 2).sum() / batch
+
+        def hvp(u: torch.Tensor) -> torch.Tensor:
+            return 2.0 * u / batch
+
+        return normalised, OuterLoss(value, hvp)
 
     def after_step(self, progress: float) -> None:
         online = _Online(self.backbone, self._part("projector"))

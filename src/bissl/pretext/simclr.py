@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bissl import distributed
 from bissl.models import mlp
-from bissl.pretext.base import PretextTask
+from bissl.pretext.base import OuterLoss, PretextTask
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -18,6 +20,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     its own rows against all of them; the loss is averaged so that the mean over ranks equals the
     single-process loss on the concatenated batch.
     """
+    logits, positive_index = nt_xent_logits(z1, z2, temperature)
+    return F.cross_entropy(logits, positive_index)
+
+
+def nt_xent_logits(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked similarity logits of NT-Xent (self-similarities set to −inf) and each row's positive."""
     z1 = F.normalize(z1, dim=1)
     z2 = F.normalize(z2, dim=1)
     local = z1.shape[0]
@@ -32,7 +42,24 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     self_index = torch.cat([rows, rows + total])
     positive_index = torch.cat([rows + total, rows])
     logits = logits.masked_fill(F.one_hot(self_index, num_classes=2 * total).bool(), float("-inf"))
-    return F.cross_entropy(logits, positive_index)
+    return logits, positive_index
+
+
+def softmax_cross_entropy_hvp(logits: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """u ↦ ∇² (mean over rows of cross-entropy) u at ``logits``: per row (diag(p) − p pᵀ) u / rows.
+
+    Masked (−inf) logits have p = 0, so their entries of the product are 0, never NaN.
+    """
+    probabilities = torch.softmax(logits.detach().double(), dim=1)
+    rows = logits.shape[0]
+
+    def hvp(u: torch.Tensor) -> torch.Tensor:
+        u64 = torch.nan_to_num(u.double(), nan=0.0, posinf=0.0, neginf=0.0)
+        weighted = probabilities * u64
+        product = weighted - probabilities * weighted.sum(dim=1, keepdim=True)
+        return (product / rows).to(u.dtype)
+
+    return hvp
 
 
 class SimCLR(PretextTask):
@@ -64,3 +91,14 @@ class SimCLR(PretextTask):
         z = self.head(self.backbone(torch.cat([view1, view2])))
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, self.temperature)
+
+    def gauss_newton_split(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, OuterLoss]:
+        """Split at the masked similarity logits; ℓ is their row-averaged cross-entropy (convex)."""
+        z = self.head(self.backbone(torch.cat([view1, view2])))
+        z1, z2 = z.chunk(2)
+        logits, positive_index = nt_xent_logits(z1, z2, self.temperature)
+
+        def value(outputs: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(outputs, positive_index)
+
+        return logits, OuterLoss(value, softmax_cross_entropy_hvp(logits))
