@@ -37,6 +37,12 @@ COMMANDS: dict[str, tuple[str, str, bool, str]] = {
         "k-NN, linear probe and t-SNE of a frozen backbone",
     ),
     "compare": ("bissl.experiment", "compare", True, "baseline against BiSSL over seeds, with a report"),
+    "study": (
+        "bissl.study",
+        "study",
+        True,
+        "named arms x pipeline seeds from one checkpoint, with statistics",
+    ),
 }
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -79,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_options(sub.add_parser(name, help=help_text, description=help_text), needs_out)
     report = sub.add_parser("report", help="write report.html and results.json for a compare folder")
     report.add_argument("run_dir", help="a folder written by 'bissl compare'")
+    doc = sub.add_parser(
+        "study-doc", help="write docs/evidence.md (and its figure) from a study's results.json"
+    )
+    doc.add_argument("run_dir", help="a folder written by 'bissl study'")
+    doc.add_argument("--out", default="docs/evidence.md", help="markdown file (default docs/evidence.md)")
     demo = sub.add_parser(
         "demo", help="compare on embedded data (configs/demo.yaml): SimCLR on Fashion-MNIST -> digits"
     )
@@ -169,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             from bissl.report import write_report
 
             print(write_report(Path(args.run_dir)))
+            return 0
+        if args.command == "study-doc":
+            from bissl.study_report import write_evidence
+
+            print(write_evidence(Path(args.run_dir), Path(args.out)))
             return 0
         if args.command == "data":
             print(describe_datasets(args.root))
