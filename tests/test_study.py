@@ -192,3 +192,28 @@ def test_killed_study_resumes_without_redoing_parts(tmp_path: Path) -> None:
     for name, seconds in timings_before.items():
         assert timings[name] == seconds, f"{name} was timed again"
     assert json.loads((out / "results.json").read_text())["complete"]
+
+
+def test_stopped_part_keeps_its_time_and_the_rerun_adds_to_it(tmp_path: Path) -> None:
+    from bissl.runtime import GracefulStop, RunDir, StopRequested
+    from bissl.study import StudyParts
+
+    config = load_config(None, SETTINGS)
+    parts = StudyParts(tmp_path, GracefulStop())
+
+    def stopped(config: Any, run: RunDir, *, stop: GracefulStop, resume: bool) -> None:
+        time.sleep(0.05)
+        raise StopRequested(15)
+
+    def finishing(config: Any, run: RunDir, *, stop: GracefulStop, resume: bool) -> None:
+        time.sleep(0.02)
+        run.write_summary({"stage": "test"})
+
+    with pytest.raises(StopRequested):
+        parts.run("part", tmp_path / "part", config, stopped)
+    first = json.loads((tmp_path / "timings.json").read_text())["part"]
+    assert first >= 0.05
+    again = StudyParts(tmp_path, GracefulStop())
+    again.run("part", tmp_path / "part", config, finishing)
+    assert again.timings["part"] >= first + 0.02
+    assert again.run("part", tmp_path / "part", config, stopped)["stage"] == "test"

@@ -24,7 +24,7 @@ from typing import Any
 
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import BisslError, ConfigError
-from bissl.runtime import GracefulStop, RunDir, say
+from bissl.runtime import GracefulStop, RunDir, StopRequested, say
 
 RESULTS_FILE = "results.json"
 TIMINGS_FILE = "timings.json"
@@ -132,7 +132,11 @@ class StudyParts:
         say(f"study: {name}")
         started = time.perf_counter()
         run = RunDir(folder, config, resume=True, force=True)
-        stage(config, run, stop=self.stop, resume=True)
+        try:
+            stage(config, run, stop=self.stop, resume=True)
+        except StopRequested:
+            self.record(name, time.perf_counter() - started)  # checkpointed work, resumed by the next run
+            raise
         self.record(name, time.perf_counter() - started)
         return _read_summary(folder) or {}
 
