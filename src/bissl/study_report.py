@@ -175,9 +175,14 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
 
 
 def _bn_lines(results: Mapping[str, Any], bilevel: Sequence[str]) -> list[str]:
-    """What recalibrating BatchNorm statistics alone does to k-NN, beside what the BiSSL arms do."""
+    """What recalibrating BatchNorm statistics alone does to k-NN, beside what the BiSSL arms do, and whether
+    each BiSSL arm's k-NN exceeds the control's (paired over pipeline seeds, from results.json's per-seed
+    values)."""
+    from bissl.eval.stats import compare_to_reference
+
     knn = _comparison(results, "knn_top1")
-    control = next(iter(results.get("controls") or {}), None)
+    controls = results.get("controls") or {}
+    control = next(iter(controls), None)
     if control is None or control not in knn:
         return []
     shift = _number(knn[control].get("mean_difference"))
@@ -185,17 +190,33 @@ def _bn_lines(results: Mapping[str, Any], bilevel: Sequence[str]) -> list[str]:
     text = ", ".join(f"{name} {_signed(value)}" for name, value in moved.items())
     line = (
         f"Alignment: recalibrating the reference backbone's BatchNorm statistics on downstream data (the head "
-        f"warm-up, no weight change) moves k-NN top-1 by {_signed(shift)} points; the BiSSL arms move it by "
-        f"{text or 'n/a'}."
+        f"warm-up, no weight change) moves k-NN top-1 by {_signed(shift)} points "
+        f"(95% CI {_signed(knn[control].get('ci_low'))} … {_signed(knn[control].get('ci_high'))}); "
+        f"the BiSSL arms move it by {text or 'n/a'}."
     )
-    if shift is not None and moved:
-        beyond = [name for name, value in moved.items() if value is not None and value > shift]
+    per_seed = {control: _seed_values(controls[control], "knn_top1")}
+    for name in moved:
+        per_seed[name] = _seed_values(_arms(results)[name], "knn_top1")
+    versus = compare_to_reference(per_seed, control)
+    beyond = [name for name, entry in versus.items() if _verdict(entry) == "better"]
+    if versus:
         line += (
-            f" Beyond the BatchNorm shift: {', '.join(beyond)}."
+            f" k-NN above the BatchNorm control (paired 95% CI above 0): {', '.join(beyond)}."
             if beyond
-            else " No BiSSL arm moves k-NN beyond what the BatchNorm statistics alone do."
+            else " No BiSSL arm's k-NN is distinguishable from the BatchNorm control's (every paired 95% CI "
+            "includes 0 or is undefined)."
         )
     return [line]
+
+
+def _seed_values(block: Mapping[str, Any], key: str) -> dict[int, float]:
+    """{pipeline seed: value} of one arm or control."""
+    values = {}
+    for seed, entry in (block.get("seeds") or {}).items():
+        number = _number((entry or {}).get(key))
+        if number is not None:
+            values[int(seed)] = number
+    return values
 
 
 def table_rows(results: Mapping[str, Any]) -> list[list[str]]:
