@@ -108,7 +108,7 @@ def test_study_doc_writes_markdown_and_figure_and_keeps_marked_text(
     assert cli.main(["study-doc", str(out), "--out", str(page)]) == 0
     text = page.read_text()
     assert "## Conclusion" in text and "first-order − baseline" in text and "| first-order |" in text
-    assert "BatchNorm control" in text and "Matched compute" not in text
+    assert "BatchNorm control" in text and "Matched compute" not in text and "Largest BiSSL gain" in text
     assert "old text" not in text and text.rstrip().endswith("kept")
     assert (page.parent / "images" / "evidence-forest.png").stat().st_size > 1000
 

@@ -107,6 +107,33 @@ def status_line(results: Mapping[str, Any]) -> str:
     )
 
 
+def headline(results: Mapping[str, Any]) -> str:
+    """The study's result in one line: the BiSSL arm with the largest mean gain, its interval, Holm-adjusted
+    p-value and cost, how many BiSSL arms beat the reference, and the gain against matched extra pretext steps."""
+    reference = str(results["reference"])
+    compared = _comparison(results)
+    bilevel = [n for n, arm in _arms(results).items() if _kind(arm) == "bilevel" and n in compared]
+    if not bilevel:
+        return "No BiSSL arm has finished yet."
+    best = max(bilevel, key=lambda n: _number(compared[n].get("mean_difference")) or -1e9)
+    winners = [n for n in bilevel if _verdict(compared[n]) == "better"]
+    significant = [n for n in winners if (_number(compared[n].get("t_pvalue_holm")) or 1.0) < ALPHA]
+    text = (
+        f"Largest BiSSL gain: {best} − {reference} = {_difference_text(compared[best])} at "
+        f"{_ratio_text(_cost_ratio(results, best))} the cost; {len(winners)} of {len(bilevel)} BiSSL arms have a "
+        f"95% CI above 0, {len(significant)} after Holm's correction"
+    )
+    versus = results.get("versus_matched") or {}
+    entry = (versus.get(METRIC) or {}).get(best)
+    if entry is not None:
+        text += (
+            f"; against the same number of extra pretext steps {best} is "
+            f"{_signed(entry.get('mean_difference'))} points (95% CI {_signed(entry.get('ci_low'))} … "
+            f"{_signed(entry.get('ci_high'))})"
+        )
+    return text + "."
+
+
 def conclusion(results: Mapping[str, Any]) -> list[str]:
     """The study's findings as plain sentences: the testbed check, which BiSSL arms beat the reference and by
     how much at what cost, whether a gain is matched by extra pretext steps, and the BatchNorm control."""
@@ -316,7 +343,7 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
     controls = list(results.get("controls") or {})
     height = 1.2 + 0.42 * max(1, len(names) + len(controls))
     figure, (accuracy, knn, cost) = _new_figure(14.0, height, columns=3)
-    figure.subplots_adjust(left=0.11, right=0.98, wspace=0.75)
+    figure.subplots_adjust(left=0.13, right=0.98, wspace=0.8)
     for axis, key, rows, title in (
         (accuracy, METRIC, names, f"fine-tuned test top-1 − {reference}"),
         (knn, "knn_top1", [*names, *controls], f"frozen k-NN top-1 − {reference}"),
@@ -471,6 +498,8 @@ def evidence_markdown(results: Mapping[str, Any], figure: str, run_dir: str) -> 
         f"seeds (each contributes the mean of its fine-tuning seeds). Reference arm: {results['reference']}.",
         "",
         "## Conclusion",
+        "",
+        f"**{headline(results)}**",
         "",
         *[f"- {line}" for line in conclusion(results)],
         "",
