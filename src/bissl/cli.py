@@ -105,6 +105,12 @@ STAGES: dict[str, Stage] = {
         "baseline against BiSSL over seeds, with a report",
         (),
     ),
+    "study": Stage(
+        "bissl.study",
+        "study",
+        "named arms x pipeline seeds from one pretext checkpoint, with paired statistics and a report",
+        (),
+    ),
     "import": Stage(
         "bissl.train.import_checkpoint",
         "import_checkpoint",
@@ -174,6 +180,18 @@ def _report(args: argparse.Namespace) -> int:
     from bissl.report import write_report
 
     print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def _study_doc_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a folder written by 'bissl study'")
+    parser.add_argument("--out", default="docs/evidence.md", help="markdown file (default docs/evidence.md)")
+
+
+def _study_doc(args: argparse.Namespace) -> int:
+    from bissl.study_report import write_evidence
+
+    print(write_evidence(Path(args.run_dir), Path(args.out)))
     return 0
 
 
@@ -251,6 +269,9 @@ CURVATURE_DESCRIPTION = (
 
 TOOLS: dict[str, Tool] = {
     "report": Tool("write report.html and results.json for a compare folder", _report_arguments, _report),
+    "study-doc": Tool(
+        "write docs/evidence.md (and its figure) from a study's results.json", _study_doc_arguments, _study_doc
+    ),
     "data": Tool("dataset utilities", _data_arguments, _data),
     "configs": Tool("list the shipped configs with their descriptions", _configs_arguments, _configs),
     "config": Tool(

@@ -162,6 +162,8 @@ class PretrainConfig:
     """Neighbours that vote in the pretraining k-NN monitor."""
     knn_temperature: float = 0.07
     """Temperature of the k-NN monitor's similarity weights."""
+    init_checkpoint: str | None = None
+    """A pretext checkpoint to continue from (backbone and pretext head) instead of a random start."""
 
 
 @dataclass
@@ -367,6 +369,38 @@ class LoggingConfig:
 
 
 @dataclass
+class StudyArm:
+    """One arm of ``bissl study``: where its backbone comes from, and config overrides of its own."""
+
+    name: str = ""
+    """The arm's name: its folder under the study's --out and its label in tables."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """Start from the study's pretext checkpoint, or fine-tune a randomly initialised backbone."""
+    extra_pretext: bool = False
+    """Continue pretext training from the checkpoint for bilevel.alternations × bilevel.lower_steps steps
+    with the lower level's optimiser (matched compute), then fine-tune that backbone."""
+    bilevel: bool = False
+    """Run the head warm-up and the BiSSL stage, then fine-tune its lower backbone."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted key=value overrides of this arm only, applied after everything else (e.g. bilevel.lam=0.01)."""
+
+
+@dataclass
+class StudyConfig:
+    """``bissl study``: named arms × pipeline seeds from one pretext checkpoint (docs/evidence.md)."""
+
+    arms: list[StudyArm] = field(default_factory=list)
+    """The arms, in table order; names are unique."""
+    reference: str = "baseline"
+    """The arm every other arm is compared against."""
+    pipeline_seeds: list[int] = field(default_factory=lambda: [100, 200, 300])
+    """One run of every arm per seed; the seed sets ``seed`` after pretraining (warm-up, BiSSL stage,
+    search, and fine-tuning seeds seed, seed + 1, …)."""
+    bn_control: bool = True
+    """Also probe the reference backbone with BatchNorm statistics recalibrated by the head warm-up."""
+
+
+@dataclass
 class Config:
     """A whole experiment. Stage sections are read by the command that runs that stage."""
 
@@ -414,6 +448,8 @@ class Config:
     """Metric outputs."""
     imported: ImportConfig = field(default_factory=ImportConfig)
     """`bissl import`: the public checkpoint to convert."""
+    study: StudyConfig = field(default_factory=StudyConfig)
+    """The arms and seeds of ``bissl study`` (read by that command only)."""
 
 
 def _type_name(tp: Any) -> str:

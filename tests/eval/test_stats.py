@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bissl.eval.stats import format_summary, paired_comparison, summarize
+from bissl.eval.stats import compare_to_reference, format_summary, holm, paired_comparison, summarize
 
 
 def test_summarize_uses_sample_std() -> None:
@@ -71,3 +71,48 @@ def test_paired_comparison_degenerate_cases() -> None:
     assert identical["t_pvalue"] is None and identical["wilcoxon_pvalue"] is None
     with pytest.raises(ValueError, match="equally many"):
         paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_holm_hand_computed() -> None:
+    # sorted: 0.005 x4 = 0.02; 0.01 x3 = 0.03; 0.03 x2 = 0.06; 0.04 x1 = 0.04 -> kept at 0.06 (monotone)
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_skips_none_caps_at_one_and_rejects_bad_values() -> None:
+    # m = 2 (None does not count): 0.2 x2 = 0.4; 0.6 x1 = 0.6
+    assert holm([0.2, None, 0.6]) == [pytest.approx(0.4), None, pytest.approx(0.6)]
+    # 0.5 x2 = 1.0; 0.7 x1 = 0.7 -> kept at 1.0
+    assert holm([0.7, 0.5]) == [1.0, 1.0]
+    assert holm([0.9, 0.8, 0.95]) == [1.0, 1.0, 1.0]
+    assert holm([]) == [] and holm([None]) == [None]
+    assert holm([0.02]) == [0.02]
+    with pytest.raises(ValueError, match="p-values"):
+        holm([0.1, 1.5])
+
+
+def test_compare_to_reference_matches_scipy_and_adjusts_over_arms() -> None:
+    per_seed = {
+        "baseline": {0: 70.1, 1: 71.3, 2: 69.8, 3: 70.6},
+        "bissl": {0: 71.0, 1: 71.9, 2: 70.9, 3: 70.8},
+        "first-order": {0: 69.0, 1: 71.0, 2: 68.7, 3: 70.9},
+        "late": {2: 70.4, 3: 71.6, 7: 99.0},
+    }
+    results = compare_to_reference(per_seed, "baseline")
+    assert set(results) == {"bissl", "first-order", "late"}
+    assert results["late"]["seeds"] == [2, 3] and results["late"]["n"] == 2
+    for arm, entry in results.items():
+        seeds = entry["seeds"]
+        base = np.array([per_seed["baseline"][s] for s in seeds])
+        other = np.array([per_seed[arm][s] for s in seeds])
+        difference = other - base
+        assert entry["mean_difference"] == pytest.approx(difference.mean())
+        low, high = stats.t.interval(0.95, len(seeds) - 1, loc=difference.mean(), scale=stats.sem(difference))
+        assert (entry["ci_low"], entry["ci_high"]) == pytest.approx((low, high))
+        assert entry["t_pvalue"] == pytest.approx(stats.ttest_rel(other, base).pvalue)
+        assert entry["wilcoxon_pvalue"] == pytest.approx(stats.wilcoxon(other, base).pvalue)
+    raw = [results[arm]["t_pvalue"] for arm in results]
+    assert [results[arm]["t_pvalue_holm"] for arm in results] == pytest.approx(holm(raw))
+    raw_w = [results[arm]["wilcoxon_pvalue"] for arm in results]
+    assert [results[arm]["wilcoxon_pvalue_holm"] for arm in results] == pytest.approx(holm(raw_w))
+    assert results["bissl"]["t_pvalue_holm"] >= results["bissl"]["t_pvalue"]

@@ -80,3 +80,50 @@ def paired_comparison(
     if np.any(differences != 0):
         result["wilcoxon_pvalue"] = _finite_or_none(float(stats.wilcoxon(second, first).pvalue))
     return result
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of ``pvalues`` for multiple comparisons (family-wise error control).
+
+    With the m given (non-None) p-values sorted ascending, p_(1) ≤ … ≤ p_(m), the adjusted value of the i-th
+    smallest is max over j ≤ i of min(1, (m − j + 1) · p_(j)): monotone in the raw order and capped at 1.
+    None entries (a test that is undefined for its data) stay None and do not count towards m. The result
+    is in the input's order.
+    """
+    present = [(index, float(value)) for index, value in enumerate(pvalues) if value is not None]
+    for _, value in present:
+        if not 0 <= value <= 1 or math.isnan(value):
+            raise ValueError(f"holm needs p-values in [0, 1], got {value}")
+    adjusted: list[float | None] = [None] * len(pvalues)
+    count = len(present)
+    running = 0.0
+    for rank, (index, value) in enumerate(sorted(present, key=lambda item: item[1])):
+        running = max(running, min(1.0, (count - rank) * value))
+        adjusted[index] = running
+    return adjusted
+
+
+def compare_to_reference(
+    per_seed: dict[str, dict[int, float]], reference: str, confidence: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """Every arm against ``reference`` over the pipeline seeds both have: ``paired_comparison`` of the
+    per-seed values (arm − reference), plus Holm-adjusted t and Wilcoxon p-values over the arms compared.
+
+    ``per_seed`` maps arm -> {pipeline seed: value (for instance the mean over that seed's fine-tuning
+    runs)}. Arms with no seed in common with the reference are left out; the reference itself is not compared.
+    """
+    base = per_seed.get(reference, {})
+    results: dict[str, dict[str, Any]] = {}
+    for arm, values in per_seed.items():
+        if arm == reference:
+            continue
+        common = sorted(set(values) & set(base))
+        if not common:
+            continue
+        paired = paired_comparison([base[s] for s in common], [values[s] for s in common], confidence)
+        results[arm] = paired | {"seeds": common}
+    arms = list(results)
+    for key in ("t_pvalue", "wilcoxon_pvalue"):
+        for arm, value in zip(arms, holm([results[a][key] for a in arms]), strict=True):
+            results[arm][key.replace("_pvalue", "_pvalue_holm")] = value
+    return results

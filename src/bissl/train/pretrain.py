@@ -17,6 +17,7 @@ from bissl.train.common import (
     architecture,
     knn_monitor,
     load_data,
+    load_pretext,
     load_pretext_source,
     make_downstream_augment,
     make_pretext,
@@ -37,7 +38,11 @@ def pretrain(
     device = resolve_device(config.device)
     seed_everything(config.seed)
     data = load_pretext_source(config)
-    task = make_pretext(config, data.channels)
+    task = (
+        load_pretext(settings.init_checkpoint, config, data.channels)
+        if settings.init_checkpoint is not None
+        else make_pretext(config, data.channels)
+    )
     if config.model.sync_bn and distributed.is_distributed():
         distributed.convert_sync_batchnorm(task)
     task = channels_last(task.to(device), config.channels_last)
