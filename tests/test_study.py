@@ -17,7 +17,7 @@ import yaml
 
 from bissl import cli
 from bissl.config import StudyArm, load_config
-from bissl.study import arm_config, extra_pretext_config
+from bissl.study import arm_config, extra_pretext_config, same_config
 from tests.tiny import TINY
 
 SETTINGS = [
@@ -218,3 +218,18 @@ def test_stopped_part_keeps_its_time_and_the_rerun_adds_to_it(tmp_path: Path) ->
     again.run("part", tmp_path / "part", config, finishing)
     assert again.timings["part"] >= first + 0.02
     assert again.run("part", tmp_path / "part", config, stopped)["stage"] == "test"
+
+
+def test_parts_stay_valid_when_the_config_gains_keys_at_their_defaults() -> None:
+    stored = {"seed": 1, "bilevel": {"lam": 0.1}}
+    defaults = {
+        "seed": 0,
+        "bilevel": {"lam": 1e-3, "curvature": "hessian"},
+        "logging": {"tensorboard": False},
+    }
+    grown = {"seed": 1, "bilevel": {"lam": 0.1, "curvature": "hessian"}, "logging": {"tensorboard": False}}
+    assert same_config(stored, grown, defaults)
+    assert not same_config(stored, {**grown, "bilevel": {"lam": 0.1, "curvature": "ggn"}}, defaults)
+    assert not same_config(stored, {**grown, "logging": {"tensorboard": True}}, defaults)
+    assert not same_config(stored, {**grown, "seed": 2}, defaults)
+    assert not same_config({**stored, "removed": 1}, grown, defaults)

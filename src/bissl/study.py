@@ -113,6 +113,26 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
+def same_config(stored: Any, current: Any, default: Any) -> bool:
+    """Whether a part's stored config is ``current``. A key that ``stored`` lacks counts as equal when
+    ``current`` holds its default there: keys added to the config since the part ran leave the behaviour of
+    their defaults unchanged, so finished parts stay valid across such additions."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        defaults = default if isinstance(default, dict) else {}
+        if any(key not in current for key in stored):
+            return False
+        return all(
+            same_config(stored[key], value, defaults.get(key))
+            if key in stored
+            else value == defaults.get(key, _MISSING)
+            for key, value in current.items()
+        )
+    return bool(stored == current)
+
+
+_MISSING = object()
+
+
 class StudyParts:
     """Runs each named part once in its folder, records its wall time, and skips it when its summary exists
     for the same config (a summary written under another config is refused: the study would mix settings)."""
@@ -145,7 +165,7 @@ class StudyParts:
         summary = _read_summary(folder)
         if summary is None:
             return None
-        if summary.get("config") != _plain(to_dict(config)):
+        if not same_config(summary.get("config"), _plain(to_dict(config)), _plain(to_dict(Config()))):
             raise ConfigError(
                 f"study part '{name}' in {folder} was run with another config; restore the config, or remove "
                 "that folder (or use another --out) to run it again"
