@@ -154,6 +154,21 @@ def test_diagnostics_follow_the_schedule_with_finite_values() -> None:
     assert records[1]["products"] == 2 * 4
 
 
+def test_diagnostics_observe_without_changing_the_run() -> None:
+    """Diagnosed alternations train exactly as undiagnosed ones: same parameters, buffers and losses."""
+    states, losses = [], []
+    for every in (0, 1):
+        torch.manual_seed(0)
+        trainer = _trainer(_settings(alternations=2, diagnose_every=every, diagnose_steps=4, layerwise=False))
+        records = [trainer.alternate() for _ in range(2)]
+        states.append({**trainer.lower.state_dict(), **trainer.upper_backbone.state_dict()})
+        losses.append([(r["lower_loss"], r["upper_loss_lower"]) for r in records])
+    assert losses[0] == losses[1]
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
 @pytest.mark.parametrize(
     ("solver", "curvature"),
     [("identity", "hessian"), ("exact", "hessian"), ("cg", "hessian"), ("exact", "ggn")],
