@@ -270,7 +270,9 @@ CURVATURE_DESCRIPTION = (
 TOOLS: dict[str, Tool] = {
     "report": Tool("write report.html and results.json for a compare folder", _report_arguments, _report),
     "study-doc": Tool(
-        "write docs/evidence.md (and its figure) from a study's results.json", _study_doc_arguments, _study_doc
+        "write docs/evidence.md (and its figure) from a study's results.json",
+        _study_doc_arguments,
+        _study_doc,
     ),
     "data": Tool("dataset utilities", _data_arguments, _data),
     "configs": Tool("list the shipped configs with their descriptions", _configs_arguments, _configs),

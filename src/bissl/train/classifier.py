@@ -17,9 +17,9 @@ from bissl.data.augment import DownstreamAugment
 from bissl.data.datasets import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
+from bissl.optim import clip_grad_norm, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress
-from bissl.train.optim import clip_grad_norm, set_lr, warmup_cosine
 
 
 @torch.no_grad()

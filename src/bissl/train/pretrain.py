@@ -11,6 +11,7 @@ import torch
 from bissl import distributed
 from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.config import Config
+from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, resolve_device, say, seed_everything
 from bissl.train.common import (
@@ -26,7 +27,6 @@ from bissl.train.common import (
     save_backbone,
     save_pretext,
 )
-from bissl.train.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 
 
 def pretrain(

@@ -28,11 +28,11 @@ from bissl.data.augment import TwoViewAugment
 from bissl.data.datasets import TensorDataset
 from bissl.data.folder_stream import DiskDataset
 from bissl.errors import ConfigError
+from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast
 from bissl.pretext import PretextTask
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, say
 from bissl.train.common import pretext_stream
-from bissl.train.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 
 WARMUP_FILE = "projector_warmup.pt"
 WARMUP_STAGE = "projector-warmup-state"
