@@ -20,7 +20,6 @@ from bissl.cli import describe_datasets
 from bissl.config import load_config
 from bissl.data import folder_stream, torchvision_sets
 from bissl.data.augment import TwoViewAugment
-from bissl.data.datasets import DATASETS, TensorDataset, load_dataset
 from bissl.data.folder_stream import (
     CropOptions,
     DiskDataset,
@@ -29,6 +28,7 @@ from bissl.data.folder_stream import (
     center_box,
     random_resized_box,
 )
+from bissl.data.registry import DATASETS, TensorDataset, load_dataset
 from bissl.data.stream import BatchStream
 from bissl.data.torchvision_sets import (
     VOC_CLASSES,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from bissl.config import Config, load_config
-from bissl.data.datasets import synthetic_dataset
+from bissl.data.embedded import synthetic_dataset
 from bissl.downstream import DownstreamTask
 from bissl.runtime import RunDir, seed_everything
 from bissl.train.common import downstream_data, make_backbone

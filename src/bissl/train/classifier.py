@@ -14,7 +14,7 @@ from torch import nn
 from bissl import distributed
 from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.data.augment import DownstreamAugment
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
 from bissl.optim import clip_grad_norm, set_lr, warmup_cosine

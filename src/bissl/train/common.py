@@ -15,8 +15,8 @@ from bissl.checkpoint import check_architecture, load_checkpoint, make_meta, sav
 from bissl.config import Config
 from bissl.data import torchvision_sets
 from bissl.data.augment import DownstreamAugment, TwoViewAugment, ViewOptions
-from bissl.data.datasets import TensorDataset, load_dataset
 from bissl.data.folder_stream import CropOptions, DiskDataset, LoaderStream
+from bissl.data.registry import TensorDataset, load_dataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
 from bissl.errors import CheckpointError, DataError

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bissl.config import Config
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.downstream import DownstreamTask
 from bissl.eval import extract_features, knn_accuracy, linear_probe, plot_tsne_pair, tsne_embedding
 from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
