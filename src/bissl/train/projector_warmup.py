@@ -32,7 +32,7 @@ from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast
 from bissl.pretext import PretextTask
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, say
-from bissl.train.common import pretext_stream
+from bissl.train.data_sources import pretext_stream
 
 WARMUP_FILE = "projector_warmup.pt"
 WARMUP_STAGE = "projector-warmup-state"
