@@ -38,7 +38,7 @@ from bissl.bilevel.spectrum import (
 from bissl.config import BilevelConfig
 from bissl.optim import LARS, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast
-from bissl.pretext import PretextTask
+from bissl.pretext.base import PretextTask
 from bissl.runtime import NonFiniteGuard
 
 Batch = tuple[torch.Tensor, torch.Tensor]
