@@ -1,8 +1,8 @@
 """The dataset registry: the in-memory dataset type, dataset entries by name, and loading a split by name.
 
 Every set (the embedded ones in :mod:`bissl.data.embedded`, the torchvision layouts and image folders in
-:mod:`bissl.data.torchvision_sets`) registers into :data:`DATASETS` here; :mod:`bissl.data.datasets` imports
-them all, and the package imports it, so every name is registered before a lookup.
+:mod:`bissl.data.torchvision_sets`) registers into :data:`DATASETS` here; the package ``bissl.data`` imports
+both, so every name is registered before a lookup.
 """
 
 from __future__ import annotations
