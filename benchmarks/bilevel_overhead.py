@@ -25,13 +25,8 @@ from bissl.bilevel.trainer import BilevelTrainer, initial_models
 from bissl.config import load_config
 from bissl.data.stream import BatchStream
 from bissl.models import feature_dim, linear_head
-from bissl.train.common import (
-    downstream_data,
-    load_data,
-    make_downstream_augment,
-    make_pretext,
-    make_two_view,
-)
+from bissl.train.data_sources import downstream_data, load_data, make_downstream_augment, make_two_view
+from bissl.train.model_factory import make_pretext
 
 
 def main() -> None:

@@ -25,8 +25,10 @@ from bissl.config import Config, load_config
 from bissl.errors import BisslError
 from bissl.eval import format_summary, summarize
 from bissl.runtime import seed_everything
-from bissl.train.common import downstream_data, load_backbone_weights, make_backbone
+from bissl.train.checkpoint_formats import load_backbone_weights
+from bissl.train.data_sources import downstream_data
 from bissl.train.evaluate import alignment
+from bissl.train.model_factory import make_backbone
 from bissl.train.search import run_search, run_seeds, seed_statistics
 
 ARMS = ("pretrained", "random init")

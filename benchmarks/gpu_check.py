@@ -30,9 +30,9 @@ from bissl.config import BilevelConfig, PretextConfig
 from bissl.data.augment import TwoViewAugment
 from bissl.data.folder_stream import IMAGENET_MEAN, IMAGENET_STD
 from bissl.models import build_backbone, feature_dim
+from bissl.optim import LARS, lars_groups
 from bissl.precision import autocast, channels_last
 from bissl.pretext import PretextTask, build_pretext
-from bissl.train.optim import LARS, lars_groups
 
 
 @dataclass

@@ -44,9 +44,9 @@ from bissl.data.stream import BatchStream
 from bissl.models import feature_dim, linear_head
 from bissl.models.backbones import build_backbone
 from bissl.pretext import PretextTask, SimCLR
-from bissl.train.common import (
+from bissl.train.checkpoint_formats import load_pretext
+from bissl.train.data_sources import (
     downstream_data,
-    load_pretext,
     load_pretext_source,
     make_downstream_augment,
     make_two_view,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bissl import cli
-from bissl.data import datasets
+from bissl.data import embedded as datasets
 
 TINY = ["data.pretext=synthetic", "data.downstream=synthetic", "model.width=4", "model.blocks=[1]"]
 

@@ -23,7 +23,7 @@ from bissl.bilevel.trainer import BilevelTrainer, initial_models
 from bissl.cli import main
 from bissl.config import BilevelConfig, load_config
 from bissl.data.augment import DownstreamAugment
-from bissl.data.datasets import synthetic_dataset
+from bissl.data.embedded import synthetic_dataset
 from bissl.downstream import DownstreamTask
 from bissl.errors import ConfigError
 from bissl.precision import autocast, channels_last

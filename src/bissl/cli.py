@@ -361,7 +361,7 @@ def _remove_if_unused(out: Path) -> None:
 
 def describe_datasets(root: str | None) -> str:
     """One line per registered dataset: name, present or not, where it is looked for."""
-    from bissl.data.datasets import DATASETS
+    from bissl.data.registry import DATASETS
 
     lines = []
     for name in sorted(DATASETS):

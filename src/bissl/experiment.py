@@ -181,7 +181,7 @@ def _pretrain_steps(config: Config) -> int:
     """The step count a pretraining run of ``config`` takes (needed for the extra-pretext fairness mode)."""
     if config.pretrain.steps is not None:
         return config.pretrain.steps
-    from bissl.train.common import load_pretext_source
+    from bissl.train.data_sources import load_pretext_source
 
     data = load_pretext_source(config)
     return config.pretrain.epochs * max(
@@ -210,7 +210,8 @@ def _alignment_part(
     folder = parts.root / "alignment"
     done = _read_summary(folder)
     if done is None and distributed.is_main():
-        from bissl.train.common import downstream_data, load_backbone_weights
+        from bissl.train.checkpoint_formats import load_backbone_weights
+        from bissl.train.data_sources import downstream_data
         from bissl.train.evaluate import alignment
 
         started = time.perf_counter()

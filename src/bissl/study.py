@@ -83,7 +83,7 @@ def arm_config(config: Config, arm: StudyArm, *, seed: int, pretext: str) -> Con
 def extra_pretext_config(config: Config, pretext: str) -> Config:
     """Continued pretext training from ``pretext`` for as many steps as the BiSSL stage's lower level takes
     (alternations × lower_steps), with the lower level's optimiser settings and no proximal term."""
-    from bissl.train.common import load_pretext_source
+    from bissl.train.data_sources import load_pretext_source
 
     lower = config.bilevel
     steps = lower.alternations * lower.lower_steps

@@ -13,20 +13,19 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from bissl.errors import BisslError
-from bissl.report import (
+from bissl.report.figures import figure_html, new_figure
+from bissl.report.markup import (
     STYLE,
-    _duration,
-    _escape,
-    _figure_html,
-    _fixed,
-    _new_figure,
-    _note,
-    _number,
-    _pvalue,
-    _section,
-    _signed,
-    _table,
+    duration_text,
+    escape,
+    fixed_text,
+    note_html,
+    pvalue_text,
+    section_html,
+    signed_text,
+    table_html,
 )
+from bissl.report.results import as_number
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
@@ -71,7 +70,7 @@ def _kind(arm: Mapping[str, Any]) -> str:
 
 def _verdict(entry: Mapping[str, Any]) -> str:
     """'better', 'worse' or 'unclear': whether the 95% CI of the difference lies above, below or around 0."""
-    low, high = _number(entry.get("ci_low")), _number(entry.get("ci_high"))
+    low, high = as_number(entry.get("ci_low")), as_number(entry.get("ci_high"))
     if low is not None and low > 0:
         return "better"
     if high is not None and high < 0:
@@ -81,15 +80,15 @@ def _verdict(entry: Mapping[str, Any]) -> str:
 
 def _difference_text(entry: Mapping[str, Any]) -> str:
     return (
-        f"{_signed(entry.get('mean_difference'))} points (95% CI {_signed(entry.get('ci_low'))} … "
-        f"{_signed(entry.get('ci_high'))}, Holm-adjusted paired t p = {_pvalue(entry.get('t_pvalue_holm'))})"
+        f"{signed_text(entry.get('mean_difference'))} points (95% CI {signed_text(entry.get('ci_low'))} … "
+        f"{signed_text(entry.get('ci_high'))}, Holm-adjusted paired t p = {pvalue_text(entry.get('t_pvalue_holm'))})"
     )
 
 
 def _cost_ratio(results: Mapping[str, Any], name: str) -> float | None:
     arms = _arms(results)
-    own = _number((arms.get(name) or {}).get("seconds_per_seed"))
-    base = _number((arms.get(str(results["reference"])) or {}).get("seconds_per_seed"))
+    own = as_number((arms.get(name) or {}).get("seconds_per_seed"))
+    base = as_number((arms.get(str(results["reference"])) or {}).get("seconds_per_seed"))
     return own / base if own is not None and base else None
 
 
@@ -115,9 +114,9 @@ def headline(results: Mapping[str, Any]) -> str:
     bilevel = [n for n, arm in _arms(results).items() if _kind(arm) == "bilevel" and n in compared]
     if not bilevel:
         return "No BiSSL arm has finished yet."
-    best = max(bilevel, key=lambda n: _number(compared[n].get("mean_difference")) or -1e9)
+    best = max(bilevel, key=lambda n: as_number(compared[n].get("mean_difference")) or -1e9)
     winners = [n for n in bilevel if _verdict(compared[n]) == "better"]
-    significant = [n for n in winners if (_number(compared[n].get("t_pvalue_holm")) or 1.0) < ALPHA]
+    significant = [n for n in winners if (as_number(compared[n].get("t_pvalue_holm")) or 1.0) < ALPHA]
     text = (
         f"Largest BiSSL gain: {best} − {reference} = {_difference_text(compared[best])} at "
         f"{_ratio_text(_cost_ratio(results, best))} the cost; {len(winners)} of {len(bilevel)} BiSSL arms have a "
@@ -128,8 +127,8 @@ def headline(results: Mapping[str, Any]) -> str:
     if entry is not None:
         text += (
             f"; against the same number of extra pretext steps {best} is "
-            f"{_signed(entry.get('mean_difference'))} points (95% CI {_signed(entry.get('ci_low'))} … "
-            f"{_signed(entry.get('ci_high'))})"
+            f"{signed_text(entry.get('mean_difference'))} points (95% CI {signed_text(entry.get('ci_low'))} … "
+            f"{signed_text(entry.get('ci_high'))})"
         )
     return text + "."
 
@@ -157,7 +156,9 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
             f"{name} − {reference}: {_difference_text(compared[name])}; cost "
             f"{_ratio_text(_cost_ratio(results, name))} the reference's per pipeline seed."
         )
-    significant = [name for name in winners if (_number(compared[name].get("t_pvalue_holm")) or 1.0) < ALPHA]
+    significant = [
+        name for name in winners if (as_number(compared[name].get("t_pvalue_holm")) or 1.0) < ALPHA
+    ]
     if winners:
         lines.append(
             f"Beat {reference} (95% CI above 0): {', '.join(winners)}"
@@ -168,8 +169,8 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
             )
         )
     else:
-        lowest = min(_number(compared[n].get("mean_difference")) or 0.0 for n in bilevel)
-        highest = max(_number(compared[n].get("mean_difference")) or 0.0 for n in bilevel)
+        lowest = min(as_number(compared[n].get("mean_difference")) or 0.0 for n in bilevel)
+        highest = max(as_number(compared[n].get("mean_difference")) or 0.0 for n in bilevel)
         lines.append(
             f"No BiSSL arm beat {reference}: mean differences ranged from {lowest:+.2f} to {highest:+.2f} "
             "points and no 95% CI lies above 0"
@@ -212,13 +213,13 @@ def _bn_lines(results: Mapping[str, Any], bilevel: Sequence[str]) -> list[str]:
     control = next(iter(controls), None)
     if control is None or control not in knn:
         return []
-    shift = _number(knn[control].get("mean_difference"))
-    moved = {name: _number(knn[name].get("mean_difference")) for name in bilevel if name in knn}
-    text = ", ".join(f"{name} {_signed(value)}" for name, value in moved.items())
+    shift = as_number(knn[control].get("mean_difference"))
+    moved = {name: as_number(knn[name].get("mean_difference")) for name in bilevel if name in knn}
+    text = ", ".join(f"{name} {signed_text(value)}" for name, value in moved.items())
     line = (
         f"Alignment: recalibrating the reference backbone's BatchNorm statistics on downstream data (the head "
-        f"warm-up, no weight change) moves k-NN top-1 by {_signed(shift)} points "
-        f"(95% CI {_signed(knn[control].get('ci_low'))} … {_signed(knn[control].get('ci_high'))}); "
+        f"warm-up, no weight change) moves k-NN top-1 by {signed_text(shift)} points "
+        f"(95% CI {signed_text(knn[control].get('ci_low'))} … {signed_text(knn[control].get('ci_high'))}); "
         f"the BiSSL arms move it by {text or 'n/a'}."
     )
     per_seed = {control: _seed_values(controls[control], "knn_top1")}
@@ -240,7 +241,7 @@ def _seed_values(block: Mapping[str, Any], key: str) -> dict[int, float]:
     """{pipeline seed: value} of one arm or control."""
     values = {}
     for seed, entry in (block.get("seeds") or {}).items():
-        number = _number((entry or {}).get(key))
+        number = as_number((entry or {}).get(key))
         if number is not None:
             values[int(seed)] = number
     return values
@@ -259,15 +260,15 @@ def table_rows(results: Mapping[str, Any]) -> list[list[str]]:
             [
                 name,
                 _mean_std(summary),
-                "reference" if name == reference else _signed(entry.get("mean_difference")),
+                "reference" if name == reference else signed_text(entry.get("mean_difference")),
                 "" if name == reference else _ci_text(entry),
-                "" if name == reference else _pvalue(entry.get("t_pvalue_holm")),
-                "" if name == reference else _pvalue(entry.get("wilcoxon_pvalue_holm")),
-                _fixed((alignment.get("knn_top1") or {}).get("mean")),
-                _signed((knn.get(name) or {}).get("mean_difference")) if name != reference else "",
-                _fixed((alignment.get("probe_top1") or {}).get("mean")),
-                _signed((probe.get(name) or {}).get("mean_difference")) if name != reference else "",
-                _duration(arm.get("seconds_per_seed")),
+                "" if name == reference else pvalue_text(entry.get("t_pvalue_holm")),
+                "" if name == reference else pvalue_text(entry.get("wilcoxon_pvalue_holm")),
+                fixed_text((alignment.get("knn_top1") or {}).get("mean")),
+                signed_text((knn.get(name) or {}).get("mean_difference")) if name != reference else "",
+                fixed_text((alignment.get("probe_top1") or {}).get("mean")),
+                signed_text((probe.get(name) or {}).get("mean_difference")) if name != reference else "",
+                duration_text(arm.get("seconds_per_seed")),
                 _ratio_text(_cost_ratio(results, name)),
             ]
         )
@@ -281,10 +282,10 @@ def table_rows(results: Mapping[str, Any]) -> list[list[str]]:
                 "",
                 "",
                 "",
-                _fixed((summary.get("knn_top1") or {}).get("mean")),
-                _signed((knn.get(name) or {}).get("mean_difference")),
-                _fixed((summary.get("probe_top1") or {}).get("mean")),
-                _signed((probe.get(name) or {}).get("mean_difference")),
+                fixed_text((summary.get("knn_top1") or {}).get("mean")),
+                signed_text((knn.get(name) or {}).get("mean_difference")),
+                fixed_text((summary.get("probe_top1") or {}).get("mean")),
+                signed_text((probe.get(name) or {}).get("mean_difference")),
                 "",
                 "",
             ]
@@ -310,12 +311,12 @@ NUMERIC = [False, True, True, True, True, True, True, True, True, True, True, Tr
 
 
 def _mean_std(summary: Mapping[str, Any]) -> str:
-    mean, std, count = _number(summary.get("mean")), _number(summary.get("std")), summary.get("n")
+    mean, std, count = as_number(summary.get("mean")), as_number(summary.get("std")), summary.get("n")
     return "n/a" if mean is None else f"{mean:.2f} ± {std or 0.0:.2f} (n={count})"
 
 
 def _ci_text(entry: Mapping[str, Any]) -> str:
-    low, high = _number(entry.get("ci_low")), _number(entry.get("ci_high"))
+    low, high = as_number(entry.get("ci_low")), as_number(entry.get("ci_high"))
     return "n/a" if low is None or high is None else f"{low:+.2f} … {high:+.2f}"
 
 
@@ -342,7 +343,7 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
     names = [name for name in arms if name != reference]
     controls = list(results.get("controls") or {})
     height = 1.2 + 0.42 * max(1, len(names) + len(controls))
-    figure, (accuracy, knn, cost) = _new_figure(14.0, height, columns=3)
+    figure, (accuracy, knn, cost) = new_figure(14.0, height, columns=3)
     figure.subplots_adjust(left=0.13, right=0.98, wspace=0.8)
     for axis, key, rows, title in (
         (accuracy, METRIC, names, f"fine-tuned test top-1 − {reference}"),
@@ -353,8 +354,8 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
             entry = compared.get(name)
             if entry is None:
                 continue
-            mean = _number(entry.get("mean_difference"))
-            low, high = _number(entry.get("ci_low")), _number(entry.get("ci_high"))
+            mean = as_number(entry.get("mean_difference"))
+            low, high = as_number(entry.get("ci_low")), as_number(entry.get("ci_high"))
             if low is not None and high is not None and mean is not None:
                 axis.errorbar(
                     [mean],
@@ -374,7 +375,7 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("points (mean, 95% CI; × = pipeline seeds)")
         axis.grid(True, axis="x", alpha=0.3)
-    seconds = [(_number(arms[name].get("seconds_per_seed")) or 0.0) / 60 for name in arms]
+    seconds = [(as_number(arms[name].get("seconds_per_seed")) or 0.0) / 60 for name in arms]
     cost.barh(range(len(arms)), seconds, color="#55a868")
     cost.set_yticks(range(len(arms)), list(arms), fontsize=8)
     cost.set_ylim(len(arms) - 0.5, -0.5)
@@ -390,7 +391,7 @@ def _seed_differences(results: Mapping[str, Any], key: str, name: str) -> list[f
     block = _arms(results).get(name) or (results.get("controls") or {}).get(name) or {}
     differences = []
     for seed, values in (block.get("seeds") or {}).items():
-        own, base = _number(values.get(key)), _number((reference.get(seed) or {}).get(key))
+        own, base = as_number(values.get(key)), as_number((reference.get(seed) or {}).get(key))
         if own is not None and base is not None:
             differences.append(own - base)
     return differences
@@ -401,34 +402,36 @@ def render_study_report(results: Mapping[str, Any]) -> str:
     title = str(results.get("title", "BiSSL evidence study"))
     timing = results.get("timings") or {}
     sections = [
-        _section("status", "Status", _note(status_line(results))),
-        _section(
+        section_html("status", "Status", note_html(status_line(results))),
+        section_html(
             "conclusion",
             "Conclusion",
-            "\n".join(f'<p class="lead">{_escape(line)}</p>' for line in conclusion(results)),
+            "\n".join(f'<p class="lead">{escape(line)}</p>' for line in conclusion(results)),
         ),
-        _section("table", "Arms against the reference", _table(HEADERS, table_rows(results), NUMERIC)),
-        _section("forest", "Differences and cost", _figure_html(forest_figure(results), "forest plot")),
-        _section(
+        section_html(
+            "table", "Arms against the reference", table_html(HEADERS, table_rows(results), NUMERIC)
+        ),
+        section_html("forest", "Differences and cost", figure_html(forest_figure(results), "forest plot")),
+        section_html(
             "cost",
             "Compute",
-            _note(
-                f"Total wall time of the finished parts {_duration(timing.get('total_seconds'))} "
-                f"(pretraining {_duration(timing.get('pretrain'))})."
+            note_html(
+                f"Total wall time of the finished parts {duration_text(timing.get('total_seconds'))} "
+                f"(pretraining {duration_text(timing.get('pretrain'))})."
             ),
         ),
-        _section("per-seed", "Per pipeline seed", _table(*_seed_table(results))),
+        section_html("per-seed", "Per pipeline seed", table_html(*_seed_table(results))),
     ]
     return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en">',
             '<head><meta charset="utf-8">',
-            f"<title>{_escape(title)}</title>",
+            f"<title>{escape(title)}</title>",
             f"<style>{STYLE}</style>",
             "</head>",
             "<body>",
-            f"<header><h1>{_escape(title)}</h1></header>",
+            f"<header><h1>{escape(title)}</h1></header>",
             "<main>",
             *sections,
             "</main>",
@@ -457,12 +460,12 @@ def _seed_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
                 [
                     name,
                     seed,
-                    _fixed(block.get(METRIC)),
+                    fixed_text(block.get(METRIC)),
                     values,
-                    f"{_number(block.get('lr')) or 0:.3g} / {_number(block.get('weight_decay')) or 0:.3g}",
-                    _fixed(block.get("knn_top1")),
-                    _fixed(block.get("probe_top1")),
-                    _duration(block.get("total_seconds")),
+                    f"{as_number(block.get('lr')) or 0:.3g} / {as_number(block.get('weight_decay')) or 0:.3g}",
+                    fixed_text(block.get("knn_top1")),
+                    fixed_text(block.get("probe_top1")),
+                    duration_text(block.get("total_seconds")),
                 ]
             )
     return headers, rows, [False, True, True, True, True, True, True, True]
@@ -509,8 +512,8 @@ def evidence_markdown(results: Mapping[str, Any], figure: str, run_dir: str) -> 
         "",
         f"![differences from {results['reference']} with 95% CIs, per-seed crosses, and cost]({figure})",
         "",
-        f"Compute of the finished parts: {_duration(timing.get('total_seconds'))} "
-        f"(pretraining {_duration(timing.get('pretrain'))}), measured on a shared 2-core CPU under load.",
+        f"Compute of the finished parts: {duration_text(timing.get('total_seconds'))} "
+        f"(pretraining {duration_text(timing.get('pretrain'))}), measured on a shared 2-core CPU under load.",
         "",
         "## Per pipeline seed",
         "",

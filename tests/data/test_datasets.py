@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from bissl.data import datasets
-from bissl.data.datasets import (
+from bissl.data import embedded as datasets
+from bissl.data import registry
+from bissl.data.embedded import FASHION_MNIST_FILES, read_idx, synthetic_dataset
+from bissl.data.registry import (
     DATASETS,
-    FASHION_MNIST_FILES,
     DatasetInfo,
     TensorDataset,
     channel_stats,
     dataset_names,
     load_dataset,
-    read_idx,
     register_dataset,
-    synthetic_dataset,
 )
 from bissl.errors import DataError
 
@@ -235,7 +234,7 @@ def test_limit_and_image_size() -> None:
     constant = TensorDataset(
         torch.full((2, 1, 8, 8), 77, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), 1
     )
-    assert bool((datasets.resize_images(constant.images, 5) == 77).all())
+    assert bool((registry.resize_images(constant.images, 5) == 77).all())
 
 
 def test_unknown_name_and_bad_split_list_the_choices() -> None:

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from bissl.config import load_config
-from bissl.data.datasets import LUMA_WEIGHTS, convert_channels, grey_stats, load_dataset, synthetic_dataset
+from bissl.data.embedded import synthetic_dataset
 from bissl.data.folder_stream import IMAGENET_MEAN, IMAGENET_STD, DiskDataset, LoaderStream, image_channels
+from bissl.data.registry import LUMA_WEIGHTS, convert_channels, grey_stats, load_dataset
 from bissl.data.torchvision_sets import disk_dataset, ensure_registered, photo_channels
 from bissl.errors import ConfigError
 

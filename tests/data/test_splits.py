@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bissl.data.datasets import TensorDataset, synthetic_dataset
+from bissl.data.embedded import synthetic_dataset
+from bissl.data.registry import TensorDataset
 from bissl.data.splits import load_split, save_split, split_dataset, train_val_split
 from bissl.errors import DataError
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream, epoch_batches
 from bissl.errors import DataError
 

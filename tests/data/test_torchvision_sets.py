@@ -20,7 +20,6 @@ from bissl.cli import describe_datasets
 from bissl.config import load_config
 from bissl.data import folder_stream, torchvision_sets
 from bissl.data.augment import TwoViewAugment
-from bissl.data.datasets import DATASETS, TensorDataset, load_dataset
 from bissl.data.folder_stream import (
     CropOptions,
     DiskDataset,
@@ -29,6 +28,7 @@ from bissl.data.folder_stream import (
     center_box,
     random_resized_box,
 )
+from bissl.data.registry import DATASETS, TensorDataset, load_dataset
 from bissl.data.stream import BatchStream
 from bissl.data.torchvision_sets import (
     VOC_CLASSES,
@@ -38,7 +38,7 @@ from bissl.data.torchvision_sets import (
     reads_from_disk,
 )
 from bissl.errors import DataError
-from bissl.train.common import downstream_data, load_pretext_source, pretext_stream
+from bissl.train.data_sources import downstream_data, load_pretext_source, pretext_stream
 
 SIZE = 8
 
@@ -453,7 +453,7 @@ def test_memory_or_disk_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     images, labels = next(stream)
     assert images.shape == (2, 2, 3, SIZE, SIZE) and images.dtype == torch.uint8 and labels.shape == (2,)
     with pytest.raises(DataError, match="read from disk"):
-        from bissl.train.common import load_data
+        from bissl.train.data_sources import load_data
 
         load_data(config, "pretext", "train")
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from bissl import distributed
 from bissl.bilevel.hvp import flat_parameters, hessian_vector_operator
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.pretext import BYOL
 

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from bissl.config import Config, load_config
-from bissl.data.datasets import synthetic_dataset
+from bissl.data.embedded import synthetic_dataset
 from bissl.downstream import DownstreamTask
 from bissl.runtime import RunDir, seed_everything
-from bissl.train.common import downstream_data, make_backbone
+from bissl.train.data_sources import downstream_data
 from bissl.train.evaluate import KNN_SINGLE_LABEL_NOTE, alignment, evaluate, training_rows, tsne_rows
+from bissl.train.model_factory import make_backbone
 
 SMALL = [
     "data.downstream=synthetic",

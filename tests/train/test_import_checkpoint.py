@@ -26,7 +26,8 @@ from bissl.errors import CheckpointError, ConfigError
 from bissl.runtime import GracefulStop, RunDir, StopRequested
 from bissl.train import projector_warmup
 from bissl.train.bilevel_stage import train_bilevel
-from bissl.train.common import load_pretext, load_pretext_source, make_two_view
+from bissl.train.checkpoint_formats import load_pretext
+from bissl.train.data_sources import load_pretext_source, make_two_view
 from bissl.train.import_checkpoint import LAYOUTS, import_pretext, map_mlp
 from bissl.train.projector_warmup import WARMUP_FILE, warm_projector
 from tests.tiny import flat_tensors

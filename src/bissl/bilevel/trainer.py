@@ -36,10 +36,10 @@ from bissl.bilevel.spectrum import (
     spectrum_summary,
 )
 from bissl.config import BilevelConfig
+from bissl.optim import LARS, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast
-from bissl.pretext import PretextTask
+from bissl.pretext.base import PretextTask
 from bissl.runtime import NonFiniteGuard
-from bissl.train.optim import LARS, lars_groups, set_lr, warmup_cosine
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Reduce = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]

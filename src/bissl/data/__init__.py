@@ -1,5 +1,11 @@
-"""Data: named datasets in memory as uint8 tensors, seeded splits, batched view augmentations, streams."""
+"""Data: named datasets in memory as uint8 tensors, seeded splits, batched view augmentations, streams.
 
+The registry (:mod:`bissl.data.registry`) holds the dataset type and the names; the embedded sets
+(:mod:`bissl.data.embedded`) and the torchvision layouts and image folders (:mod:`bissl.data.torchvision_sets`)
+register into it. Importing this package imports both, so every name is registered before a lookup.
+"""
+
+from bissl.data import embedded, torchvision_sets
 from bissl.data.augment import (
     DownstreamAugment,
     Normalize,
@@ -9,15 +15,14 @@ from bissl.data.augment import (
     reference_pil_transform,
     to_float,
 )
-from bissl.data.datasets import (
+from bissl.data.embedded import read_idx, synthetic_dataset
+from bissl.data.registry import (
     DATASETS,
     DatasetInfo,
     TensorDataset,
     dataset_names,
     load_dataset,
-    read_idx,
     register_dataset,
-    synthetic_dataset,
 )
 from bissl.data.splits import load_split, save_split, split_dataset, train_val_split
 from bissl.data.stream import BatchStream, epoch_batches
@@ -33,6 +38,7 @@ __all__ = [
     "ViewOptions",
     "blur_kernel_size",
     "dataset_names",
+    "embedded",
     "epoch_batches",
     "load_dataset",
     "load_split",
@@ -43,5 +49,6 @@ __all__ = [
     "split_dataset",
     "synthetic_dataset",
     "to_float",
+    "torchvision_sets",
     "train_val_split",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bissl.data.datasets import grey_stats
+from bissl.data.registry import grey_stats
 from bissl.data.stream import check_resumable, epoch_permutation, stream_state
 from bissl.errors import DataError
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.errors import DataError
 
 SPLIT_FORMAT = "bissl-split"

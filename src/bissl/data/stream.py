@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -27,7 +27,15 @@ import numpy as np
 import torch
 
 from bissl.checkpoint import save_checkpoint
-from bissl.data.datasets import (
+from bissl.data.embedded import synthetic_dataset
+from bissl.data.folder_stream import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DiskDataset,
+    decode_all,
+    image_channels,
+)
+from bissl.data.registry import (
     DATA_ENV_VAR,
     DATASETS,
     DatasetInfo,
@@ -35,14 +43,6 @@ from bissl.data.datasets import (
     default_download_root,
     grey_stats,
     register_dataset,
-    synthetic_dataset,
-)
-from bissl.data.folder_stream import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DiskDataset,
-    decode_all,
-    image_channels,
 )
 from bissl.errors import DataError
 

@@ -17,18 +17,16 @@ from bissl.errors import ConfigError
 from bissl.models import feature_dim, linear_head
 from bissl.precision import channels_last
 from bissl.runtime import GracefulStop, RunDir, progress, resolve_device, say, seed_everything
+from bissl.train.checkpoint_formats import load_pretext, save_backbone
 from bissl.train.classifier import evaluate_classifier
-from bissl.train.common import (
-    architecture,
+from bissl.train.data_sources import (
     downstream_data,
-    load_pretext,
     load_pretext_source,
-    make_backbone,
     make_downstream_augment,
     make_two_view,
     pretext_stream,
-    save_backbone,
 )
+from bissl.train.model_factory import architecture, make_backbone
 from bissl.train.projector_warmup import lower_exclude_bias_norm, require_trained_projector, warm_projector
 
 

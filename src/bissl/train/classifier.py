@@ -14,12 +14,12 @@ from torch import nn
 from bissl import distributed
 from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.data.augment import DownstreamAugment
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
+from bissl.optim import clip_grad_norm, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress
-from bissl.train.optim import clip_grad_norm, set_lr, warmup_cosine
 
 
 @torch.no_grad()

@@ -25,15 +25,15 @@ from bissl.data.stream import BatchStream
 from bissl.errors import ConfigError
 from bissl.models import feature_dim, linear_head
 from bissl.runtime import resolve_device, seed_everything
-from bissl.train.common import (
-    architecture,
+from bissl.train.checkpoint_formats import load_pretext
+from bissl.train.data_sources import (
     downstream_data,
-    load_pretext,
     load_pretext_source,
     make_downstream_augment,
     make_two_view,
     pretext_stream,
 )
+from bissl.train.model_factory import architecture
 
 OUTPUT_FILE = "curvature.json"
 

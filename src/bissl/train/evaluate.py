@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from bissl.config import Config
-from bissl.data.datasets import TensorDataset
+from bissl.data.registry import TensorDataset
 from bissl.downstream import DownstreamTask
 from bissl.eval import extract_features, knn_accuracy, linear_probe, plot_tsne_pair, tsne_embedding
 from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
-from bissl.train.common import downstream_data, load_backbone_weights, make_backbone, make_downstream_augment
+from bissl.train.checkpoint_formats import load_backbone_weights
+from bissl.train.data_sources import downstream_data, make_downstream_augment
+from bissl.train.model_factory import make_backbone
 
 PROBE_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2)
 KNN_SINGLE_LABEL_NOTE = (

@@ -8,8 +8,10 @@ from bissl import distributed
 from bissl.config import Config
 from bissl.models import feature_dim, linear_head
 from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
+from bissl.train.checkpoint_formats import load_backbone_weights
 from bissl.train.classifier import ClassifierSettings, fit_classifier
-from bissl.train.common import downstream_data, load_backbone_weights, make_backbone, make_downstream_augment
+from bissl.train.data_sources import downstream_data, make_downstream_augment
+from bissl.train.model_factory import make_backbone
 
 
 def finetune_settings(

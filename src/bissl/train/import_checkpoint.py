@@ -23,7 +23,8 @@ from bissl.config import Config
 from bissl.errors import CheckpointError, ConfigError
 from bissl.pretext import PretextTask
 from bissl.runtime import RunDir, say, seed_everything
-from bissl.train.common import make_pretext, save_backbone, save_pretext
+from bissl.train.checkpoint_formats import save_backbone, save_pretext
+from bissl.train.model_factory import make_pretext
 
 LAYOUTS = ("torchvision", "timm", "solo-learn", "lightly", "bissl-reference")
 RESNETS = ("resnet18", "resnet34", "resnet50")

@@ -4,29 +4,58 @@ atomic checkpoints and exact resume."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from bissl import distributed
 from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.config import Config
+from bissl.data.registry import TensorDataset
+from bissl.eval import extract_features, knn_accuracy
+from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, resolve_device, say, seed_everything
-from bissl.train.common import (
-    architecture,
-    knn_monitor,
+from bissl.train.checkpoint_formats import load_pretext, save_backbone, save_pretext
+from bissl.train.data_sources import (
     load_data,
-    load_pretext,
     load_pretext_source,
     make_downstream_augment,
-    make_pretext,
     make_two_view,
     pretext_stream,
-    save_backbone,
-    save_pretext,
 )
-from bissl.train.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
+from bissl.train.model_factory import architecture, make_pretext
+
+
+def knn_monitor(
+    backbone: nn.Module,
+    memory: TensorDataset,
+    queries: TensorDataset,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    k: int,
+    temperature: float,
+    device: torch.device,
+    batch_size: int = 512,
+) -> float:
+    """k-NN top-1 (percent) of frozen features: ``memory`` labels vote for ``queries``."""
+    memory_features = extract_features(
+        backbone, memory.images, batch_size=batch_size, device=device, transform=normalize
+    )
+    query_features = extract_features(
+        backbone, queries.images, batch_size=batch_size, device=device, transform=normalize
+    )
+    return knn_accuracy(
+        memory_features,
+        memory.labels,
+        query_features,
+        queries.labels,
+        num_classes=memory.num_classes,
+        k=k,
+        temperature=temperature,
+    )
 
 
 def pretrain(

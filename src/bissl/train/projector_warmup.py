@@ -25,14 +25,14 @@ from bissl.bilevel.hvp import frozen_bn_stats
 from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.config import Config
 from bissl.data.augment import TwoViewAugment
-from bissl.data.datasets import TensorDataset
 from bissl.data.folder_stream import DiskDataset
+from bissl.data.registry import TensorDataset
 from bissl.errors import ConfigError
+from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast
 from bissl.pretext import PretextTask
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, say
-from bissl.train.common import pretext_stream
-from bissl.train.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
+from bissl.train.data_sources import pretext_stream
 
 WARMUP_FILE = "projector_warmup.pt"
 WARMUP_STAGE = "projector-warmup-state"

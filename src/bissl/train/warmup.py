@@ -10,8 +10,10 @@ from bissl.config import Config
 from bissl.errors import ConfigError
 from bissl.models import feature_dim, linear_head
 from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
+from bissl.train.checkpoint_formats import load_pretext
 from bissl.train.classifier import ClassifierSettings, fit_classifier
-from bissl.train.common import architecture, downstream_data, load_pretext, make_downstream_augment
+from bissl.train.data_sources import downstream_data, make_downstream_augment
+from bissl.train.model_factory import architecture
 
 
 def warmup_settings(config: Config) -> ClassifierSettings:

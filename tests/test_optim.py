@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from bissl.train.optim import LARS, lars_groups, warmup_cosine
+from bissl.optim import LARS, lars_groups, warmup_cosine
 
 
 def test_lars_step_hand_computed() -> None:

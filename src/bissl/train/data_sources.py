@@ -1,53 +1,20 @@
-"""Pieces every stage shares: building the backbone and augmentations from a config, saving and loading
-backbones and pretext checkpoints, and the k-NN monitor."""
+"""Reading data from a config: the pretext and downstream datasets (in memory or from disk), the pretext
+batch stream, and the two-view and downstream augmentations."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from bissl.checkpoint import check_architecture, load_checkpoint, make_meta, save_checkpoint
 from bissl.config import Config
 from bissl.data import torchvision_sets
 from bissl.data.augment import DownstreamAugment, TwoViewAugment, ViewOptions
-from bissl.data.datasets import TensorDataset, load_dataset
 from bissl.data.folder_stream import CropOptions, DiskDataset, LoaderStream
+from bissl.data.registry import TensorDataset, load_dataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
-from bissl.errors import CheckpointError, DataError
-from bissl.eval import extract_features, knn_accuracy
-from bissl.models import build_backbone, feature_dim
-from bissl.pretext import PretextTask, build_pretext
-
-
-def architecture(config: Config, channels: int) -> dict[str, Any]:
-    """What must match for weights to load: backbone name, stem, width, blocks, input channels."""
-    model = config.model
-    arch: dict[str, Any] = {"backbone": model.backbone, "in_channels": channels}
-    if model.backbone == "small_resnet":
-        arch.update(width=model.width, blocks=list(model.blocks))
-    else:
-        arch.update(stem=model.stem)
-    return arch
-
-
-def make_backbone(config: Config, channels: int) -> nn.Module:
-    """The configured backbone for images with ``channels`` channels."""
-    model = config.model
-    return build_backbone(
-        model.backbone, in_channels=channels, stem=model.stem, width=model.width, blocks=tuple(model.blocks)
-    )
-
-
-def make_pretext(config: Config, channels: int) -> PretextTask:
-    """A fresh pretext task (backbone + head) for the configured method."""
-    backbone = make_backbone(config, channels)
-    return build_pretext(config.pretext, backbone, feature_dim(backbone))
+from bissl.errors import DataError
 
 
 def load_data(config: Config, which: str, split: str) -> TensorDataset:
@@ -169,101 +136,6 @@ def make_downstream_augment(config: Config, dataset: TensorDataset) -> Downstrea
         mean=dataset.mean,
         std=dataset.std,
         crop_scale=_pair(config.augment.downstream_crop_scale),
-    )
-
-
-def save_pretext(path: Path, task: PretextTask, config: Config, channels: int, **extra: Any) -> Path:
-    """The pretext checkpoint: whole task (backbone, head, BYOL target) plus the plain backbone."""
-    state = {
-        "meta": make_meta("pretrain", architecture(config, channels), method=config.pretext.method, **extra),
-        "task": task.state_dict(),
-        "backbone": task.backbone.state_dict(),
-    }
-    return save_checkpoint(path, state)
-
-
-def load_pretext(path: str | Path, config: Config, channels: int) -> PretextTask:
-    """A pretext task restored from a pretext checkpoint (refused if the architecture or method differs)."""
-    state = load_checkpoint(path, expect_stage="pretrain")
-    check_architecture(state, architecture(config, channels), path)
-    method = state["meta"].get("method")
-    if method != config.pretext.method:
-        raise CheckpointError(
-            f"checkpoint '{path}' was trained with pretext.method={method!r} but the config says "
-            f"{config.pretext.method!r}; set pretext.method={method}"
-        )
-    task = make_pretext(config, channels)
-    task.load_state_dict(state["task"])
-    return task
-
-
-def save_backbone(path: Path, backbone: nn.Module, config: Config, channels: int, stage: str) -> Path:
-    """A plain backbone state dict (loads with ``load_state_dict``) and a JSON sidecar naming its origin."""
-    save_checkpoint(path, {k: v.detach().cpu() for k, v in backbone.state_dict().items()})
-    sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps({"stage": stage, "architecture": architecture(config, channels)}, indent=2))
-    return path
-
-
-def load_backbone_weights(path: str | Path, config: Config, channels: int) -> nn.Module:
-    """A backbone from a plain state dict (``save_backbone``) or from a pretext checkpoint."""
-    source = Path(path)
-    if not source.is_file():
-        raise CheckpointError(f"backbone checkpoint '{source}' does not exist; check backbone=PATH")
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception:
-        raise CheckpointError(
-            f"backbone checkpoint '{source}' cannot be read; it is truncated or not a checkpoint"
-        ) from None
-    if isinstance(state, dict) and "meta" in state:
-        check_architecture(state, architecture(config, channels), source)
-        if "backbone" not in state:
-            raise CheckpointError(f"checkpoint '{source}' holds no backbone weights")
-        state = state["backbone"]
-    else:
-        sidecar = source.with_suffix(".json")
-        if sidecar.is_file():
-            check_architecture(
-                {"meta": json.loads(sidecar.read_text())}, architecture(config, channels), source
-            )
-    backbone = make_backbone(config, channels)
-    try:
-        backbone.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).splitlines()[0][:150]
-        raise CheckpointError(
-            f"backbone checkpoint '{source}' does not fit model.{config.model.backbone}: {first}"
-        ) from None
-    return backbone
-
-
-def knn_monitor(
-    backbone: nn.Module,
-    memory: TensorDataset,
-    queries: TensorDataset,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    k: int,
-    temperature: float,
-    device: torch.device,
-    batch_size: int = 512,
-) -> float:
-    """k-NN top-1 (percent) of frozen features: ``memory`` labels vote for ``queries``."""
-    memory_features = extract_features(
-        backbone, memory.images, batch_size=batch_size, device=device, transform=normalize
-    )
-    query_features = extract_features(
-        backbone, queries.images, batch_size=batch_size, device=device, transform=normalize
-    )
-    return knn_accuracy(
-        memory_features,
-        memory.labels,
-        query_features,
-        queries.labels,
-        num_classes=memory.num_classes,
-        k=k,
-        temperature=temperature,
     )
 
 
