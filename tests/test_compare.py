@@ -14,23 +14,11 @@ import pytest
 
 from bissl import cli
 from tests.test_report import SECTION_IDS
-from tests.tiny import TINY
+from tests.tiny import TINY_PIPELINE
 
 SETTINGS = [
-    *TINY,
-    "pretrain.steps=4",
-    "pretrain.batch_size=32",
-    "warmup.epochs=1",
-    "bilevel.alternations=2",
-    "bilevel.lower_steps=2",
-    "bilevel.upper_steps=2",
-    "bilevel.cg_iterations=2",
-    "bilevel.lower_batch_size=32",
-    "bilevel.upper_batch_size=32",
+    *TINY_PIPELINE,
     "bilevel.eval_every=1",
-    "finetune.epochs=2",
-    "finetune.batch_size=64",
-    "search.trials=2",
     "search.seeds=3",
     "eval.probe_epochs=20",
     "eval.tsne_samples=60",

@@ -18,23 +18,11 @@ import yaml
 from bissl import cli
 from bissl.config import StudyArm, load_config
 from bissl.study import arm_config, extra_pretext_config, same_config
-from tests.tiny import TINY
+from tests.tiny import TINY_PIPELINE
 
 SETTINGS = [
-    *TINY,
-    "pretrain.steps=4",
-    "pretrain.batch_size=32",
-    "warmup.epochs=1",
-    "bilevel.alternations=2",
-    "bilevel.lower_steps=2",
-    "bilevel.upper_steps=2",
-    "bilevel.cg_iterations=2",
-    "bilevel.lower_batch_size=32",
-    "bilevel.upper_batch_size=32",
+    *TINY_PIPELINE,
     "bilevel.lower_warmup_steps=1",
-    "finetune.epochs=2",
-    "finetune.batch_size=64",
-    "search.trials=2",
     "search.seeds=2",
     "eval.probe_epochs=10",
 ]

@@ -14,6 +14,23 @@ TINY = [
     "pretext.projector_dim=8",
 ]
 
+TINY_PIPELINE = [
+    *TINY,
+    "pretrain.steps=4",
+    "pretrain.batch_size=32",
+    "warmup.epochs=1",
+    "bilevel.alternations=2",
+    "bilevel.lower_steps=2",
+    "bilevel.upper_steps=2",
+    "bilevel.cg_iterations=2",
+    "bilevel.lower_batch_size=32",
+    "bilevel.upper_batch_size=32",
+    "finetune.epochs=2",
+    "finetune.batch_size=64",
+    "search.trials=2",
+]
+"""Every stage of a whole pipeline (pretraining to fine-tuning search) at its smallest."""
+
 
 def flat_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a saved checkpoint, keyed by its path through nested dicts."""
