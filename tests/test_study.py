@@ -17,7 +17,8 @@ import yaml
 
 from bissl import cli
 from bissl.config import StudyArm, load_config
-from bissl.study import arm_config, extra_pretext_config, same_config
+from bissl.experiment import same_config
+from bissl.study import arm_config, extra_pretext_config
 from tests.tiny import TINY_PIPELINE
 
 SETTINGS = [
@@ -184,11 +185,11 @@ def test_killed_study_resumes_without_redoing_parts(tmp_path: Path) -> None:
 
 
 def test_stopped_part_keeps_its_time_and_the_rerun_adds_to_it(tmp_path: Path) -> None:
+    from bissl.experiment import Parts
     from bissl.runtime import GracefulStop, RunDir, StopRequested
-    from bissl.study import StudyParts
 
     config = load_config(None, SETTINGS)
-    parts = StudyParts(tmp_path, GracefulStop())
+    parts = Parts(tmp_path, GracefulStop(), "study")
 
     def stopped(config: Any, run: RunDir, *, stop: GracefulStop, resume: bool) -> None:
         time.sleep(0.05)
@@ -202,7 +203,7 @@ def test_stopped_part_keeps_its_time_and_the_rerun_adds_to_it(tmp_path: Path) ->
         parts.run("part", tmp_path / "part", config, stopped)
     first = json.loads((tmp_path / "timings.json").read_text())["part"]
     assert first >= 0.05
-    again = StudyParts(tmp_path, GracefulStop())
+    again = Parts(tmp_path, GracefulStop(), "study")
     again.run("part", tmp_path / "part", config, finishing)
     assert again.timings["part"] >= first + 0.02
     assert again.run("part", tmp_path / "part", config, stopped)["stage"] == "test"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,16 +18,24 @@ from typing import Any
 from bissl import distributed
 from bissl.config import Config, to_dict
 from bissl.errors import ConfigError
-from bissl.runtime import GracefulStop, RunDir, say
+from bissl.runtime import GracefulStop, RunDir, StopRequested, say
 
 ARMS = ("baseline", "bissl")
 
 
-def _read_summary(path: Path) -> dict[str, Any] | None:
+TIMINGS_FILE = "timings.json"
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A part's summary.json, or None when the part has not finished."""
     file = path / "summary.json"
     if file.is_file():
         return dict(json.loads(file.read_text()))
     return None
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data))
 
 
 def _read_metrics(path: Path, stage: str) -> list[dict[str, Any]]:
@@ -37,41 +46,85 @@ def _read_metrics(path: Path, stage: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get("stage") == stage]
 
 
-class _Parts:
-    """Runs named parts once, records their wall time, and skips those whose summary exists."""
+def same_config(stored: Any, current: Any, default: Any) -> bool:
+    """Whether a part's stored config is ``current``. A key that ``stored`` lacks counts as equal when
+    ``current`` holds its default there: keys added to the config since the part ran leave the behaviour of
+    their defaults unchanged, so finished parts stay valid across such additions."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        defaults = default if isinstance(default, dict) else {}
+        if any(key not in current for key in stored):
+            return False
+        return all(
+            same_config(stored[key], value, defaults.get(key))
+            if key in stored
+            else value == defaults.get(key, _MISSING)
+            for key, value in current.items()
+        )
+    return bool(stored == current)
 
-    def __init__(self, root: Path, stop: GracefulStop) -> None:
+
+_MISSING = object()
+
+
+class Parts:
+    """Runs each named part of a ``compare`` or ``study`` once in its folder, records its wall time (a stopped
+    part's too), and skips it when its summary exists for the same config (a summary written under another
+    config is refused: the results would mix settings)."""
+
+    def __init__(self, root: Path, stop: GracefulStop, label: str) -> None:
         self.root = root
         self.stop = stop
-        self.timings_file = root / "timings.json"
+        self.label = label
+        self.timings_file = root / TIMINGS_FILE
         self.timings: dict[str, float] = (
             json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
         )
 
-    def run(self, name: str, folder: Path, config: Config, stage: Any) -> dict[str, Any]:
-        done = _read_summary(folder)
+    def run(self, name: str, folder: Path, config: Config, stage: Callable[..., Any]) -> dict[str, Any]:
+        done = self.done(name, folder, config)
         if done is not None:
-            say(f"compare: {name} already done, skipped")
+            say(f"{self.label}: {name} already done, skipped")
             return done
-        say(f"compare: {name}")
+        say(f"{self.label}: {name}")
         started = time.perf_counter()
         run = RunDir(folder, config, resume=True, force=True)
-        stage(config, run, stop=self.stop, resume=True)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
-        if distributed.is_main():
-            self.timings_file.write_text(json.dumps(self.timings, indent=2))
-        summary = _read_summary(folder)
-        return summary if summary is not None else {}
+        try:
+            stage(config, run, stop=self.stop, resume=True)
+        except StopRequested:
+            self.record(name, time.perf_counter() - started)  # checkpointed work, resumed by the next run
+            raise
+        self.record(name, time.perf_counter() - started)
+        return read_summary(folder) or {}
+
+    def done(self, name: str, folder: Path, config: Config) -> dict[str, Any] | None:
+        """The part's summary when it has finished under ``config``; None when it still has to run."""
+        summary = read_summary(folder)
+        if summary is None:
+            return None
+        if not same_config(summary.get("config"), _plain(to_dict(config)), _plain(to_dict(Config()))):
+            raise ConfigError(
+                f"{self.label} part '{name}' in {folder} was run with another config; restore the config, or remove "
+                "that folder (or use another --out) to run it again"
+            )
+        return summary
+
+    def record(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        if not distributed.is_main():
+            return
+        temporary = self.timings_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.timings, indent=2))
+        temporary.replace(self.timings_file)
 
 
-def _pretrain_part(parts: _Parts, config: Config, name: str, folder: Path) -> str:
+def _pretrain_part(parts: Parts, config: Config, name: str, folder: Path) -> str:
     from bissl.train.pretrain import pretrain
 
     parts.run(name, folder, config, pretrain)
     return str(folder / "checkpoints" / "pretext.pt")
 
 
-def _arm_part(parts: _Parts, arm: str, config: Config, backbone: str) -> dict[str, Any]:
+def _arm_part(parts: Parts, arm: str, config: Config, backbone: str) -> dict[str, Any]:
     """Search then seeds for one arm's backbone; returns the arm's results block."""
     from bissl.train.search import search
 
@@ -100,7 +153,7 @@ def compare(
 
     stop = stop or GracefulStop()
     root = run.path
-    parts = _Parts(root, stop)
+    parts = Parts(root, stop, "compare")
     if config.pretext_checkpoint is not None:
         pretext = config.pretext_checkpoint
         if config.compare.fairness == "extra-pretext":
@@ -204,11 +257,11 @@ def _primary_metric(arms: dict[str, dict[str, Any]]) -> str:
 
 
 def _alignment_part(
-    parts: _Parts, config: Config, backbones: dict[str, str]
+    parts: Parts, config: Config, backbones: dict[str, str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """k-NN, linear probe and t-SNE of both frozen backbones on the downstream task (skipped when done)."""
     folder = parts.root / "alignment"
-    done = _read_summary(folder)
+    done = read_summary(folder)
     if done is None and distributed.is_main():
         from bissl.train.checkpoint_formats import load_backbone_weights
         from bissl.train.data_sources import downstream_data
@@ -224,7 +277,7 @@ def _alignment_part(
         run.write_summary({"stage": "alignment", **result})
         parts.timings["alignment"] = time.perf_counter() - started
     distributed.barrier()
-    done = _read_summary(folder) or {}
+    done = read_summary(folder) or {}
     figures = {}
     if (folder / "tsne.png").is_file():
         figures["tsne"] = "alignment/tsne.png"

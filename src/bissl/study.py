@@ -16,18 +16,16 @@ import dataclasses
 import json
 import math
 import re
-import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import BisslError, ConfigError
-from bissl.runtime import GracefulStop, RunDir, StopRequested, say
+from bissl.experiment import TIMINGS_FILE, Parts, read_summary
+from bissl.runtime import GracefulStop, RunDir
 
 RESULTS_FILE = "results.json"
-TIMINGS_FILE = "timings.json"
 ALIGNMENT_KEYS = ("knn_top1", "probe_top1")
 BN_CONTROL = "bn-recalibrated"
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -104,82 +102,7 @@ def extra_pretext_config(config: Config, pretext: str) -> Config:
     return dataclasses.replace(config, pretrain=pretrain)
 
 
-def _read_summary(folder: Path) -> dict[str, Any] | None:
-    file = folder / "summary.json"
-    return dict(json.loads(file.read_text())) if file.is_file() else None
-
-
-def _plain(data: Any) -> Any:
-    return json.loads(json.dumps(data))
-
-
-def same_config(stored: Any, current: Any, default: Any) -> bool:
-    """Whether a part's stored config is ``current``. A key that ``stored`` lacks counts as equal when
-    ``current`` holds its default there: keys added to the config since the part ran leave the behaviour of
-    their defaults unchanged, so finished parts stay valid across such additions."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        defaults = default if isinstance(default, dict) else {}
-        if any(key not in current for key in stored):
-            return False
-        return all(
-            same_config(stored[key], value, defaults.get(key))
-            if key in stored
-            else value == defaults.get(key, _MISSING)
-            for key, value in current.items()
-        )
-    return bool(stored == current)
-
-
-_MISSING = object()
-
-
-class StudyParts:
-    """Runs each named part once in its folder, records its wall time, and skips it when its summary exists
-    for the same config (a summary written under another config is refused: the study would mix settings)."""
-
-    def __init__(self, root: Path, stop: GracefulStop) -> None:
-        self.root = root
-        self.stop = stop
-        self.timings_file = root / TIMINGS_FILE
-        self.timings: dict[str, float] = (
-            json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
-        )
-
-    def run(self, name: str, folder: Path, config: Config, stage: Callable[..., Any]) -> dict[str, Any]:
-        done = self.done(name, folder, config)
-        if done is not None:
-            return done
-        say(f"study: {name}")
-        started = time.perf_counter()
-        run = RunDir(folder, config, resume=True, force=True)
-        try:
-            stage(config, run, stop=self.stop, resume=True)
-        except StopRequested:
-            self.record(name, time.perf_counter() - started)  # checkpointed work, resumed by the next run
-            raise
-        self.record(name, time.perf_counter() - started)
-        return _read_summary(folder) or {}
-
-    def done(self, name: str, folder: Path, config: Config) -> dict[str, Any] | None:
-        """The part's summary when it has finished under ``config``; None when it still has to run."""
-        summary = _read_summary(folder)
-        if summary is None:
-            return None
-        if not same_config(summary.get("config"), _plain(to_dict(config)), _plain(to_dict(Config()))):
-            raise ConfigError(
-                f"study part '{name}' in {folder} was run with another config; restore the config, or remove "
-                "that folder (or use another --out) to run it again"
-            )
-        return summary
-
-    def record(self, name: str, seconds: float) -> None:
-        self.timings[name] = self.timings.get(name, 0.0) + seconds
-        temporary = self.timings_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.timings, indent=2))
-        temporary.replace(self.timings_file)
-
-
-def _probe_part(parts: StudyParts, name: str, folder: Path, config: Config, backbone: str | None) -> None:
+def _probe_part(parts: Parts, name: str, folder: Path, config: Config, backbone: str | None) -> None:
     """k-NN and linear probe of one frozen backbone (``None``: random initialisation drawn with the seed)."""
     from bissl.train.evaluate import evaluate
 
@@ -189,7 +112,7 @@ def _probe_part(parts: StudyParts, name: str, folder: Path, config: Config, back
     parts.run(name, folder, probe_config, evaluate)
 
 
-def _pretext_part(parts: StudyParts, config: Config, root: Path) -> str:
+def _pretext_part(parts: Parts, config: Config, root: Path) -> str:
     """The study's one pretext checkpoint: ``pretext_checkpoint`` when given, else pretrained here."""
     if config.pretext_checkpoint is not None:
         if not Path(config.pretext_checkpoint).is_file():
@@ -203,7 +126,7 @@ def _pretext_part(parts: StudyParts, config: Config, root: Path) -> str:
     return str(root / "pretrain" / "checkpoints" / "pretext.pt")
 
 
-def run_arm(parts: StudyParts, config: Config, arm: StudyArm, seed: int, pretext: str) -> None:
+def run_arm(parts: Parts, config: Config, arm: StudyArm, seed: int, pretext: str) -> None:
     """Every part of one arm at one pipeline seed, in ``arms/<arm>/seed-<seed>/``."""
     from bissl.train.bilevel_stage import train_bilevel
     from bissl.train.pretrain import pretrain
@@ -229,7 +152,7 @@ def run_arm(parts: StudyParts, config: Config, arm: StudyArm, seed: int, pretext
     _probe_part(parts, f"{prefix}/alignment", folder / "alignment", resolved, backbone)
 
 
-def run_bn_control(parts: StudyParts, config: Config, seed: int, pretext: str) -> None:
+def run_bn_control(parts: Parts, config: Config, seed: int, pretext: str) -> None:
     """The reference backbone with BatchNorm statistics recalibrated on downstream data by the head warm-up
     (what BiSSL's warm-up does to them), probed frozen; only for a pretrained reference without a BiSSL stage."""
     from bissl.train.warmup import warmup
@@ -262,7 +185,7 @@ def study(
     validate_study(config)
     stop = stop or GracefulStop()
     root = run.path
-    parts = StudyParts(root, stop)
+    parts = Parts(root, stop, "study")
     pretext = _pretext_part(parts, config, root)
     results = collect_results(config, root, pretext)
     for seed in config.study.pipeline_seeds:
@@ -294,7 +217,7 @@ def _publish(config: Config, run: RunDir, pretext: str) -> dict[str, Any]:
 
 def _seed_block(folder: Path, metric: str) -> dict[str, Any] | None:
     """One arm's numbers at one pipeline seed, or None while its fine-tuning has not finished."""
-    finetune = _read_summary(folder / "finetune")
+    finetune = read_summary(folder / "finetune")
     if finetune is None:
         return None
     values = [float(seed[metric]) for seed in finetune.get("seeds") or [] if metric in seed]
@@ -308,7 +231,7 @@ def _seed_block(folder: Path, metric: str) -> dict[str, Any] | None:
         "lr": best.get("lr"),
         "weight_decay": best.get("weight_decay"),
     }
-    probes = _read_summary(folder / "alignment") or {}
+    probes = read_summary(folder / "alignment") or {}
     for key in ALIGNMENT_KEYS:
         block[key] = probes.get(key)
     return block
@@ -366,7 +289,7 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
     controls: dict[str, Any] = {}
     bn_seeds: dict[str, Any] = {}
     for seed in study_config.pipeline_seeds:
-        probes = _read_summary(root / "controls" / BN_CONTROL / f"seed-{seed}" / "alignment")
+        probes = read_summary(root / "controls" / BN_CONTROL / f"seed-{seed}" / "alignment")
         if probes is not None:
             bn_seeds[str(seed)] = {key: probes.get(key) for key in ALIGNMENT_KEYS}
             bn_seeds[str(seed)]["seconds"] = _arm_seconds(timings, f"{BN_CONTROL}/seed-{seed}")
