@@ -246,6 +246,8 @@ class BilevelConfig:
     """Gradient norm clip of each lower step and of each joint upper gradient."""
     eval_every: int = 0
     """Alternations between validation evaluations of the upper backbone and head (0: never)."""
+    upper_bn: Literal["refresh", "running"] = "refresh"
+    """BatchNorm statistics of the upper backbone for validation and upper_backbone.pt: refresh (recomputed by one pass over the downstream training split at the current weights) or running (the averages the upper steps left, which trail the weights)."""
     checkpoint_every: int = 10
     """Alternations between checkpoints."""
     lower_lars_exclude_bias_norm: bool | None = None

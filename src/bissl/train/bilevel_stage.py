@@ -18,7 +18,7 @@ from bissl.models import feature_dim, linear_head
 from bissl.precision import channels_last
 from bissl.runtime import GracefulStop, RunDir, progress, resolve_device, say, seed_everything
 from bissl.train.checkpoint_formats import load_pretext, save_backbone
-from bissl.train.classifier import evaluate_classifier
+from bissl.train.classifier import evaluate_classifier, refresh_batchnorm
 from bissl.train.data_sources import (
     downstream_data,
     load_pretext_source,
@@ -167,6 +167,15 @@ def train_bilevel(
             )
         distributed.barrier()
 
+    def refresh_upper_statistics() -> None:
+        """θ_D's BatchNorm statistics at its current weights, before θ_D is evaluated or saved: the running
+        averages of the upper steps trail weights that move a lot per step (docs/bilevel.md). Every rank
+        passes the whole training split, so all hold the same statistics (SyncBatchNorm included)."""
+        if s.upper_bn == "refresh":
+            refresh_batchnorm(
+                upper_backbone, splits["train"], downstream_augment, device, config.eval.batch_size
+            )
+
     totals = {"lower_seconds": 0.0, "upper_seconds": 0.0}
     bar = progress(s.alternations, "bissl", initial=trainer.alternation)
     record: dict[str, Any] = {}
@@ -179,6 +188,7 @@ def train_bilevel(
         if s.eval_every > 0 and (
             trainer.alternation % s.eval_every == 0 or trainer.alternation == s.alternations
         ):
+            refresh_upper_statistics()
             metrics = evaluate_classifier(
                 upper_backbone, upper_head, splits["val"], downstream_augment, task, device
             )
@@ -190,6 +200,7 @@ def train_bilevel(
             checkpoint()
             stop.check()
     bar.close()
+    refresh_upper_statistics()
     checkpoint()
     lower_path = run.path / "lower_backbone.pt"
     if distributed.is_main():

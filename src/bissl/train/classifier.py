@@ -4,7 +4,7 @@ resumable batch stream, evaluation at epoch ends, best-on-validation tracking an
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from bissl.data.augment import DownstreamAugment
 from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
+from bissl.models.batchnorm import recompute_batchnorm_statistics
 from bissl.optim import clip_grad_norm, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress
@@ -48,6 +49,23 @@ def evaluate_classifier(
     metrics = task.metrics(all_logits, dataset.labels)
     metrics["loss"] = float(task.loss(all_logits, dataset.labels))
     return metrics
+
+
+def refresh_batchnorm(
+    backbone: nn.Module,
+    dataset: TensorDataset,
+    augment: DownstreamAugment,
+    device: torch.device,
+    batch_size: int = 512,
+) -> int:
+    """Recompute the backbone's BatchNorm running statistics at its current weights from one pass over
+    ``dataset`` with the evaluation transform (no random draws, so no generator moves); returns images seen."""
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(dataset), batch_size):
+            yield augment(dataset.images[start : start + batch_size].to(device), train=False)
+
+    return recompute_batchnorm_statistics(backbone, batches())
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""The upper backbone's BatchNorm statistics: recomputed at the current weights before θ_D is evaluated or
+saved (``bilevel.upper_bn=refresh``), so its eval-mode validation loss tracks its training loss; the running
+averages left by the upper steps (``running``) trail the weights and misreport it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bissl import cli
+from bissl.models import recompute_batchnorm_statistics
+from tests.tiny import TINY
+
+DIGITS = [*[o for o in TINY if not o.startswith("data.downstream=")], "data.downstream=digits"]
+
+
+def test_recomputed_statistics_are_the_average_over_the_batches() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU(), nn.Flatten())
+    model.eval()
+    batches = [torch.randn(4, 2, 6, 6) for _ in range(3)]
+    weights = [p.detach().clone() for p in model.parameters()]
+    seen = recompute_batchnorm_statistics(model, batches)
+    assert seen == 12
+    with torch.no_grad():
+        outputs = [model[0](b) for b in batches]
+    means = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)
+    variances = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outputs]).mean(0)
+    norm = model[1]
+    assert torch.allclose(norm.running_mean, means, atol=1e-6)
+    assert torch.allclose(norm.running_var, variances, atol=1e-6)
+    assert norm.momentum == 0.3 and not model.training and not norm.training
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+def _stage(tmp_path: Path, pretext: Path, mode: str) -> tuple[list[dict[str, float]], dict[str, object]]:
+    run = tmp_path / f"bilevel-{mode}"
+    argv = [
+        "--quiet",
+        "bilevel",
+        "--out",
+        str(run),
+        *DIGITS,
+        f"pretext_checkpoint={pretext}",
+        "warmup.epochs=3",
+        "warmup.lr=0.1",
+        "bilevel.alternations=3",
+        "bilevel.lower_steps=2",
+        "bilevel.upper_steps=4",
+        "bilevel.lower_batch_size=16",
+        "bilevel.upper_batch_size=32",
+        "bilevel.lower_warmup_steps=1",
+        "bilevel.cg_iterations=2",
+        "bilevel.eval_every=1",
+        f"bilevel.upper_bn={mode}",
+    ]
+    assert cli.main(argv) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    return [r for r in records if r.get("stage") == "bilevel"], summary
+
+
+@pytest.fixture(scope="module")
+def pretext(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    argv = ["--quiet", "pretrain", "--out", str(out), *DIGITS, "pretrain.steps=20", "pretrain.batch_size=32"]
+    assert cli.main(argv) == 0
+    return out / "checkpoints" / "pretext.pt"
+
+
+def _tracks(record: dict[str, float]) -> bool:
+    """Eval-mode validation loss within a quarter of the train-mode loss of the same alternation."""
+    return abs(record["val_loss"] - record["upper_loss_upper"]) <= 0.25 * record["upper_loss_upper"]
+
+
+def test_refreshed_upper_model_val_loss_tracks_its_training_loss(tmp_path: Path, pretext: Path) -> None:
+    records, summary = _stage(tmp_path, pretext, "refresh")
+    assert [r["alternation"] for r in records] == [1, 2, 3]
+    assert all(_tracks(r) for r in records), [(r["val_loss"], r["upper_loss_upper"]) for r in records]
+    assert summary["val_upper"] == {k[4:]: v for k, v in records[-1].items() if k.startswith("val_")}
+
+
+def test_running_averages_trail_the_weights(tmp_path: Path, pretext: Path) -> None:
+    """The same stage without the refresh: the criterion above fails, so the test above can fail."""
+    records, _ = _stage(tmp_path, pretext, "running")
+    assert not all(_tracks(r) for r in records), [(r["val_loss"], r["upper_loss_upper"]) for r in records]
