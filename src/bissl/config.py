@@ -318,6 +318,8 @@ class SearchConfig:
     """Epochs of each trial (null: finetune.epochs)."""
     seeds: int = 10
     """Fine-tuning seeds run at the best setting."""
+    folds: int = 1
+    """Score each trial by k-fold cross-validation over the labelled pool (training + validation split), the mean of k fine-tunes (1: the validation split alone, as the paper)."""
 
 
 @dataclass
@@ -740,6 +742,7 @@ def validate(config: Config) -> None:
     )
     _check(config.search.trials >= 1, f"config key 'search.trials' must be >= 1, got {config.search.trials}")
     _check(config.search.seeds >= 1, f"config key 'search.seeds' must be >= 1, got {config.search.seeds}")
+    _check(config.search.folds >= 1, f"config key 'search.folds' must be >= 1, got {config.search.folds}")
     for key in ("lr_range", "weight_decay_range"):
         low_high = getattr(config.search, key)
         _check(

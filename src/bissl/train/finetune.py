@@ -6,6 +6,7 @@ from typing import Any
 
 from bissl import distributed
 from bissl.config import Config
+from bissl.data.folds import fold_split
 from bissl.models import feature_dim, linear_head
 from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
 from bissl.train.checkpoint_formats import load_backbone_weights
@@ -54,14 +55,22 @@ def run_finetune(
     epochs: int | None = None,
     seed: int | None = None,
     splits: tuple[str, ...] = ("val", "test"),
+    fold: tuple[int, int] | None = None,
     stop: GracefulStop | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
-    """One fine-tuning run of ``config.backbone`` (random initialisation when it is None)."""
+    """One fine-tuning run of ``config.backbone`` (random initialisation when it is None).
+
+    ``fold=(i, k)`` trains on the labelled pool (training + validation split) minus its i-th of k stratified
+    folds and validates on that fold (``search.folds``), instead of the training and validation splits."""
     device = resolve_device(config.device)
     run_seed = config.seed if seed is None else seed
     seed_everything(run_seed)
     data, task = downstream_data(config, run.path if run is not None else None)
+    if fold is not None:
+        data["train"], data["val"] = fold_split(
+            data["train"], data["val"], fold[0], fold[1], config.data.split_seed
+        )
     channels = data["train"].channels
     if config.backbone is not None:
         backbone = load_backbone_weights(config.backbone, config, channels)

@@ -88,6 +88,8 @@ def search_fingerprint(config: Config) -> dict[str, Any]:
         fingerprint["data"]["channels"] = data.channels
     if config.finetune.final_lr_ratio != 0.0:  # likewise: only when set
         fingerprint["finetune"]["final_lr_ratio"] = config.finetune.final_lr_ratio
+    if config.search.folds != 1:  # likewise: only when set
+        fingerprint["folds"] = config.search.folds
     return fingerprint
 
 
@@ -247,7 +249,7 @@ def _trial_record(trial: FrozenTrial) -> dict[str, Any]:
         "params": dict(trial.params),
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
     }
-    for key in ("diverged", "retry_of", "best_epoch", "seconds"):
+    for key in ("diverged", "retry_of", "best_epoch", "seconds", "folds"):
         if key in trial.user_attrs:
             record[key] = trial.user_attrs[key]
     return record
@@ -344,11 +346,16 @@ def _fit_trial(
     stop: GracefulStop,
     resume: bool,
 ) -> tuple[RunDir, dict[str, Any]]:
-    """Fine-tune one trial's setting in ``trials/trial-{root}``; every rank of a torchrun search runs it."""
+    """Fine-tune one trial's setting in ``trials/trial-{root}``; every rank of a torchrun search runs it.
+
+    With ``search.folds`` = k > 1 the trial is k fine-tunes in ``fold-{i}`` sub-folders, each validated on
+    its held-out fold; the trial's ``best`` holds the mean of their best validation values."""
     epochs = trial_epochs(config)
     path = folder / "trials" / f"trial-{root:04d}"
     trial_config = _with_settings(config, lr=lr, weight_decay=weight_decay, epochs=epochs, seed=config.seed)
     sub_run, can_resume = open_subrun(path, trial_config)
+    if config.search.folds > 1:
+        return sub_run, _cross_validate(trial_config, path, stop, resume)
     result = run_finetune(
         trial_config,
         sub_run,
@@ -361,6 +368,54 @@ def _fit_trial(
         resume=resume and can_resume,
     )
     return sub_run, result
+
+
+def _cross_validate(config: Config, path: Path, stop: GracefulStop, resume: bool) -> dict[str, Any]:
+    """The k fine-tunes of one trial (``search.folds``): a fold whose summary exists for the same config is
+    not repeated. Returns ``best`` with the mean over folds of each fold's best validation value, the summed
+    ``seconds`` and every fold's value under ``folds``."""
+    folds = config.search.folds
+    finetune = config.finetune
+    records: list[dict[str, Any]] = []
+    for index in range(folds):
+        fold_path = path / f"fold-{index}"
+        summary_file = fold_path / "summary.json"
+        config_file = fold_path / "config.yaml"
+        if summary_file.is_file() and config_file.is_file() and config_file.read_text() == dump_yaml(config):
+            records.append(dict(json.loads(summary_file.read_text())["fold_run"]))
+            continue
+        fold_run, can_resume = open_subrun(fold_path, config)
+        result = run_finetune(
+            config,
+            fold_run,
+            lr=finetune.lr,
+            weight_decay=finetune.weight_decay,
+            epochs=finetune.epochs,
+            seed=config.seed,
+            splits=("val",),
+            fold=(index, folds),
+            stop=stop,
+            resume=resume and can_resume,
+        )
+        record = {
+            "fold": index,
+            "primary_metric": result["primary_metric"],
+            "best": result["best"],
+            "seconds": float(result["seconds"]),
+        }
+        (fold_run.checkpoints / "last.pt").unlink(missing_ok=True)
+        fold_run.write_summary({"stage": "search-fold", "fold_run": record})
+        records.append(json.loads(json.dumps(record)))
+    metric = str(records[0]["primary_metric"])
+    values = [record["best"].get(f"val_{metric}") for record in records]
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(float(v))]
+    mean = sum(finite) / len(finite) if len(finite) == len(values) else math.nan
+    return {
+        "best": {f"val_{metric}": mean, "epoch": None},
+        "primary_metric": metric,
+        "seconds": sum(float(record["seconds"]) for record in records),
+        "folds": [None if v is None else float(v) for v in values],
+    }
 
 
 def _run_trials(
@@ -402,6 +457,8 @@ def _run_trials(
             study.set_user_attr("primary_metric", metric)
         value = result["best"].get(f"val_{metric}")
         trial.set_user_attr("seconds", float(result["seconds"]))
+        if "folds" in result:
+            trial.set_user_attr("folds", result["folds"])
         if value is None or not math.isfinite(float(value)):
             trial.set_user_attr("diverged", f"validation {metric} is not finite")
             raise optuna.TrialPruned(f"validation {metric} is not finite")
