@@ -62,6 +62,22 @@ def _add_import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
 
 
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="list the parts still to run, with times estimated from the finished parts; run nothing",
+    )
+
+
+def _study_plan(args: argparse.Namespace) -> int:
+    from bissl.config import load_config
+    from bissl.study import plan_study
+
+    print("\n".join(plan_study(load_config(args.config, args.overrides), Path(args.out))))
+    return 0
+
+
 STAGES: dict[str, Stage] = {
     "pretrain": Stage(
         "bissl.train.pretrain",
@@ -110,6 +126,7 @@ STAGES: dict[str, Stage] = {
         "study",
         "named arms x pipeline seeds from one pretext checkpoint, with paired statistics and a report",
         (),
+        options=_add_study_options,
     ),
     "import": Stage(
         "bissl.train.import_checkpoint",
@@ -406,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{key}={getattr(args, flag)}" for flag, key in stage.flag_keys.items() if getattr(args, flag)
         ]
         args.overrides = [*flags, *args.overrides]
+        if args.command == "study" and args.plan:
+            return _study_plan(args)
         return _run_stage(stage.module, stage.function, args, args.config)
     except StopRequested as stop:
         if distributed.is_main():

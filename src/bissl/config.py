@@ -387,6 +387,10 @@ class StudyArm:
     """Run the head warm-up and the BiSSL stage, then fine-tune its lower backbone."""
     overrides: list[str] = field(default_factory=list)
     """Dotted key=value overrides of this arm only, applied after everything else (e.g. bilevel.lam=0.01)."""
+    seeds: int | None = None
+    """Run this arm at the first N pipeline seeds only (null: all of them); for secondary arms."""
+    own_search: bool = True
+    """Search this arm's own fine-tuning setting (the paper's protocol); false: with study.shared_hyperparameters, fine-tune it at the reference arm's setting only."""
 
 
 @dataclass
@@ -402,6 +406,10 @@ class StudyConfig:
     search, and fine-tuning seeds seed, seed + 1, …)."""
     bn_control: bool = True
     """Also probe the reference backbone with BatchNorm statistics recalibrated by the head warm-up."""
+    shared_hyperparameters: bool = False
+    """Also fine-tune every other arm at the setting the reference arm's search chose at the same pipeline seed (folder finetune-shared): the backbone's effect without its own search's luck."""
+    primary_arm: str | None = None
+    """The arm of the pre-registered hypotheses: H1 it beats the reference, H2 it beats the matched-compute (extra_pretext) arm; one-sided paired t-tests, Holm over the two (null: every comparison is exploratory)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 from bissl import distributed
 from bissl.config import Config, to_dict
-from bissl.errors import ConfigError
+from bissl.errors import BisslError, ConfigError
 from bissl.runtime import GracefulStop, RunDir, StopRequested, say
 
 ARMS = ("baseline", "bissl")
@@ -107,6 +107,13 @@ class Parts:
                 "that folder (or use another --out) to run it again"
             )
         return summary
+
+    def pending(self, name: str, folder: Path) -> None:
+        """A part that cannot be set up yet because a part it reads from has not finished."""
+        raise BisslError(
+            f"{self.label} part '{name}' in {folder} needs the result of a part that has not finished; "
+            "rerun the same command"
+        )
 
     def record(self, name: str, seconds: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + seconds

@@ -58,6 +58,32 @@ def validate_study(config: Config) -> None:
     if not study.pipeline_seeds or len(set(study.pipeline_seeds)) != len(study.pipeline_seeds):
         raise ConfigError("config key 'study.pipeline_seeds' must list at least one seed, without repeats")
     for arm in study.arms:
+        if arm.seeds is not None and not 1 <= arm.seeds <= len(study.pipeline_seeds):
+            raise ConfigError(
+                f"study arm {arm.name!r}: seeds must be between 1 and the {len(study.pipeline_seeds)} pipeline "
+                f"seeds, got {arm.seeds}"
+            )
+        if not arm.own_search and (arm.name == study.reference or not study.shared_hyperparameters):
+            raise ConfigError(
+                f"study arm {arm.name!r}: own_search=false needs study.shared_hyperparameters=true and an arm "
+                "other than the reference (it is fine-tuned at the reference's setting)"
+            )
+    reference = _reference_arm(study)
+    if reference.seeds is not None and reference.seeds < len(study.pipeline_seeds):
+        raise ConfigError(
+            f"study arm {reference.name!r} is the reference and must run at every pipeline seed"
+        )
+    if study.primary_arm is not None:
+        primary = next((arm for arm in study.arms if arm.name == study.primary_arm), None)
+        if primary is None or primary.name == study.reference:
+            raise ConfigError(
+                f"config key 'study.primary_arm' is {study.primary_arm!r}; name an arm other than the reference"
+            )
+        if primary.seeds is not None and primary.seeds < len(study.pipeline_seeds):
+            raise ConfigError(
+                f"study arm {primary.name!r} is the primary arm and must run at every pipeline seed"
+            )
+    for arm in study.arms:
         arm_config(config, arm, seed=study.pipeline_seeds[0], pretext="pretext.pt")
 
 
@@ -130,7 +156,7 @@ def run_arm(parts: Parts, config: Config, arm: StudyArm, seed: int, pretext: str
     """Every part of one arm at one pipeline seed, in ``arms/<arm>/seed-<seed>/``."""
     from bissl.train.bilevel_stage import train_bilevel
     from bissl.train.pretrain import pretrain
-    from bissl.train.search import search
+    from bissl.train.search import search, seeds_at_setting
     from bissl.train.warmup import warmup
 
     folder = parts.root / "arms" / arm.name / f"seed-{seed}"
@@ -148,8 +174,41 @@ def run_arm(parts: Parts, config: Config, arm: StudyArm, seed: int, pretext: str
         parts.run(f"{prefix}/bilevel", folder / "bilevel", bilevel, train_bilevel)
         backbone = str(folder / "bilevel" / "lower_backbone.pt")
     tuned = dataclasses.replace(resolved, backbone=backbone)
-    parts.run(f"{prefix}/finetune", folder / "finetune", tuned, search)
+    reference = config.study.reference
+    if arm.own_search or arm.name == reference:
+        parts.run(f"{prefix}/finetune", folder / "finetune", tuned, search)
+    if config.study.shared_hyperparameters and arm.name != reference:
+        setting = reference_setting(parts.root, reference, seed)
+        name = f"{prefix}/finetune-shared"
+        if setting is None:
+            parts.pending(name, folder / "finetune-shared")
+        else:
+            finetune = dataclasses.replace(tuned.finetune, lr=setting[0], weight_decay=setting[1])
+            shared = dataclasses.replace(tuned, finetune=finetune)
+            parts.run(name, folder / "finetune-shared", shared, seeds_at_setting)
     _probe_part(parts, f"{prefix}/alignment", folder / "alignment", resolved, backbone)
+
+
+def reference_setting(root: Path, reference: str, seed: int) -> tuple[float, float] | None:
+    """The (lr, weight decay) the reference arm's search chose at ``seed``, or None before it finished."""
+    summary = read_summary(root / "arms" / reference / f"seed-{seed}" / "finetune")
+    best = ((summary or {}).get("search") or {}).get("best") or {}
+    if "lr" not in best or "weight_decay" not in best:
+        return None
+    return float(best["lr"]), float(best["weight_decay"])
+
+
+def arm_seeds(study: StudyConfig, arm: StudyArm) -> list[int]:
+    """The pipeline seeds an arm runs at: all of them, or the first ``arm.seeds``."""
+    seeds = list(study.pipeline_seeds)
+    return seeds if arm.seeds is None else seeds[: arm.seeds]
+
+
+def arm_order(study: StudyConfig) -> list[StudyArm]:
+    """The arms in the order they run at each pipeline seed: the reference first (the others may need its
+    chosen setting), then the rest in table order."""
+    reference = _reference_arm(study)
+    return [reference, *(arm for arm in study.arms if arm.name != reference.name)]
 
 
 def run_bn_control(parts: Parts, config: Config, seed: int, pretext: str) -> None:
@@ -189,7 +248,9 @@ def study(
     pretext = _pretext_part(parts, config, root)
     results = collect_results(config, root, pretext)
     for seed in config.study.pipeline_seeds:
-        for arm in config.study.arms:
+        for arm in arm_order(config.study):
+            if seed not in arm_seeds(config.study, arm):
+                continue
             run_arm(parts, config, arm, seed, pretext)
             if arm.name == config.study.reference and config.study.bn_control:
                 run_bn_control(parts, config, seed, pretext)
@@ -206,6 +267,75 @@ def study(
     return results
 
 
+class PlannedParts(Parts):
+    """Walks a study without running anything: every part is recorded as finished or still to run."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, GracefulStop(), "study")
+        self.rows: list[tuple[str, bool]] = []
+
+    def run(self, name: str, folder: Path, config: Config, stage: Any) -> dict[str, Any]:
+        done = self.done(name, folder, config)
+        self.rows.append((name, done is not None))
+        return done or {}
+
+    def pending(self, name: str, folder: Path) -> None:
+        self.rows.append((name, False))
+
+
+def estimate_seconds(name: str, timings: dict[str, float]) -> float | None:
+    """A part's expected wall time from finished parts: the mean of the same arm's same part at other
+    pipeline seeds, else of the same part of every arm; None when no such part has finished."""
+    pieces = name.split("/")
+    if len(pieces) != 3:
+        return timings.get(name)
+    arm, _, part = pieces
+    for same in (
+        lambda other: other[0] == arm and other[2] == part,
+        lambda other: other[2] == part,
+    ):
+        values = [
+            seconds for key, seconds in timings.items() if len(key.split("/")) == 3 and same(key.split("/"))
+        ]
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
+def plan_study(config: Config, root: Path) -> list[str]:
+    """``bissl study --plan``: the parts still to run, each with its time estimated from the timings of
+    finished parts, and their total; nothing is run and nothing is written."""
+    validate_study(config)
+    parts = PlannedParts(root)
+    pretext = _pretext_part(parts, config, root)
+    for seed in config.study.pipeline_seeds:
+        for arm in arm_order(config.study):
+            if seed in arm_seeds(config.study, arm):
+                run_arm(parts, config, arm, seed, pretext)
+                if arm.name == config.study.reference and config.study.bn_control:
+                    run_bn_control(parts, config, seed, pretext)
+    todo = [name for name, done in parts.rows if not done]
+    lines = [f"{len(parts.rows) - len(todo)} of {len(parts.rows)} parts finished; to run:"]
+    known = 0.0
+    unknown = 0
+    for name in todo:
+        seconds = estimate_seconds(name, parts.timings)
+        if seconds is None:
+            unknown += 1
+        else:
+            known += seconds
+        lines.append(f"  {name:<56} {'no estimate' if seconds is None else _minutes(seconds)}")
+    total = f"about {_minutes(known)}"
+    if unknown:
+        total += f" plus {unknown} part(s) of a kind that has not run yet"
+    lines.append(f"estimated time of the parts to run: {total} (from the finished parts' wall times)")
+    return lines
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
 def _publish(config: Config, run: RunDir, pretext: str) -> dict[str, Any]:
     from bissl.study_report import write_study_report
 
@@ -216,25 +346,34 @@ def _publish(config: Config, run: RunDir, pretext: str) -> dict[str, Any]:
 
 
 def _seed_block(folder: Path, metric: str) -> dict[str, Any] | None:
-    """One arm's numbers at one pipeline seed, or None while its fine-tuning has not finished."""
-    finetune = read_summary(folder / "finetune")
-    if finetune is None:
+    """One arm's numbers at one pipeline seed: ``metric`` from its own search's seeds, ``metric_shared`` from
+    the seeds at the reference's setting; None while neither has finished."""
+    block: dict[str, Any] = {}
+    finetune = read_summary(folder / "finetune") or {}
+    values = _seed_values(finetune, metric)
+    if values:
+        best = (finetune.get("search") or {}).get("best") or {}
+        block |= {
+            metric: sum(values) / len(values),
+            "finetune_values": values,
+            "finetune_seeds": [int(seed["seed"]) for seed in finetune.get("seeds") or []],
+            "lr": best.get("lr"),
+            "weight_decay": best.get("weight_decay"),
+        }
+    shared = read_summary(folder / "finetune-shared")
+    shared_values = _seed_values(shared, metric)
+    if shared_values:
+        block |= {f"{metric}_shared": sum(shared_values) / len(shared_values), "shared_values": shared_values}
+    if not block:
         return None
-    values = [float(seed[metric]) for seed in finetune.get("seeds") or [] if metric in seed]
-    if not values:
-        return None
-    best = (finetune.get("search") or {}).get("best") or {}
-    block: dict[str, Any] = {
-        metric: sum(values) / len(values),
-        "finetune_values": values,
-        "finetune_seeds": [int(seed["seed"]) for seed in finetune.get("seeds") or []],
-        "lr": best.get("lr"),
-        "weight_decay": best.get("weight_decay"),
-    }
     probes = read_summary(folder / "alignment") or {}
     for key in ALIGNMENT_KEYS:
         block[key] = probes.get(key)
     return block
+
+
+def _seed_values(summary: dict[str, Any] | None, metric: str) -> list[float]:
+    return [float(seed[metric]) for seed in (summary or {}).get("seeds") or [] if metric in seed]
 
 
 def _summaries(per_seed: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -254,6 +393,29 @@ def _arm_seconds(timings: dict[str, float], prefix: str) -> dict[str, float]:
     }
 
 
+def primary_hypotheses(
+    by_arm: dict[str, dict[int, float]], arm: str, reference: str, matched: list[str], statistic: str
+) -> dict[str, Any]:
+    """H1 (``arm`` beats ``reference``) and H2 (``arm`` beats the matched-compute arm): paired over pipeline
+    seeds on ``statistic``, one-sided paired t-tests, Holm-adjusted over the two hypotheses."""
+    from bissl.eval.stats import holm, paired_comparison
+
+    tests: dict[str, Any] = {}
+    for name, against in (("H1", reference), ("H2", matched[0] if matched else None)):
+        if against is None:
+            continue
+        own, base = by_arm.get(arm, {}), by_arm.get(against, {})
+        common = sorted(set(own) & set(base))
+        if not common:
+            continue
+        result = paired_comparison([base[s] for s in common], [own[s] for s in common])
+        tests[name] = result | {"arm": arm, "against": against, "seeds": common}
+    names = list(tests)
+    for name, value in zip(names, holm([tests[n]["t_pvalue_greater"] for n in names]), strict=True):
+        tests[name]["t_pvalue_greater_holm"] = value
+    return {"arm": arm, "statistic": statistic, "alpha": 0.05, "tests": tests}
+
+
 def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
     """results.json from what has finished in ``root``: per-arm per-seed numbers, summaries over pipeline
     seeds, paired comparisons against the reference arm (Holm-adjusted over arms), the BN control, wall times."""
@@ -264,14 +426,19 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
     timings: dict[str, float] = (
         json.loads((root / TIMINGS_FILE).read_text()) if (root / TIMINGS_FILE).is_file() else {}
     )
+    shared_metric = f"{metric}_shared"
+    shared_mode = study_config.shared_hyperparameters
     arms: dict[str, Any] = {}
-    values: dict[str, dict[str, dict[int, float]]] = {key: {} for key in (metric, *ALIGNMENT_KEYS)}
+    keys = (metric, shared_metric, *ALIGNMENT_KEYS) if shared_mode else (metric, *ALIGNMENT_KEYS)
+    values: dict[str, dict[str, dict[int, float]]] = {key: {} for key in keys}
     for arm in study_config.arms:
         per_seed: dict[str, Any] = {}
-        for seed in study_config.pipeline_seeds:
+        for seed in arm_seeds(study_config, arm):
             block = _seed_block(root / "arms" / arm.name / f"seed-{seed}", metric)
             if block is None:
                 continue
+            if shared_mode and arm.name == study_config.reference and metric in block:
+                block[shared_metric] = block[metric]  # the reference's own setting is the shared one
             block["seconds"] = _arm_seconds(timings, f"{arm.name}/seed-{seed}")
             block["total_seconds"] = sum(block["seconds"].values())
             per_seed[str(seed)] = block
@@ -282,9 +449,9 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
         arms[arm.name] = {
             "spec": dataclasses.asdict(arm),
             "seeds": per_seed,
-            "summary": _summaries(per_seed, (metric, *ALIGNMENT_KEYS)),
+            "summary": _summaries(per_seed, keys),
             "seconds_per_seed": sum(totals) / len(totals) if totals else None,
-            "complete": len(per_seed) == len(study_config.pipeline_seeds),
+            "complete": len(per_seed) == len(arm_seeds(study_config, arm)),
         }
     controls: dict[str, Any] = {}
     bn_seeds: dict[str, Any] = {}
@@ -302,9 +469,16 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
             "seeds": bn_seeds,
             "summary": _summaries(bn_seeds, ALIGNMENT_KEYS),
         }
+    primary_arm = study_config.primary_arm
+    statistic = shared_metric if shared_mode else metric
     comparison = {
         key: compare_to_reference(
-            {name: seeds for name, seeds in by_arm.items() if key != metric or name != BN_CONTROL},
+            {
+                name: seeds
+                for name, seeds in by_arm.items()
+                if (key not in (metric, shared_metric) or name != BN_CONTROL)
+                and (key != statistic or name != primary_arm)  # the primary comparison is H1, not secondary
+            },
             study_config.reference,
         )
         for key, by_arm in values.items()
@@ -317,7 +491,12 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
             name: seeds for name, seeds in values[metric].items() if name in bilevel_arms | {matched[0]}
         }
         versus_matched = {"reference": matched[0], metric: compare_to_reference(subset, matched[0])}
-    expected = len(study_config.arms) * len(study_config.pipeline_seeds)
+    primary = (
+        primary_hypotheses(values[statistic], primary_arm, study_config.reference, matched, statistic)
+        if primary_arm is not None
+        else {}
+    )
+    expected = sum(len(arm_seeds(study_config, arm)) for arm in study_config.arms)
     finished = sum(len(arm["seeds"]) for arm in arms.values())
     return {
         "title": f"BiSSL evidence study: {config.data.pretext} -> {config.data.downstream}",
@@ -330,6 +509,8 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
         "arms": arms,
         "controls": controls,
         "comparison": comparison,
+        "primary": primary,
+        "shared_hyperparameters": shared_mode,
         "versus_matched": versus_matched,
         "timings": {
             "pretrain": timings.get("pretrain"),

@@ -53,8 +53,41 @@ def _arms(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return dict(results.get("arms") or {})
 
 
-def _comparison(results: Mapping[str, Any], key: str = METRIC) -> dict[str, Mapping[str, Any]]:
-    return dict((results.get("comparison") or {}).get(key) or {})
+def secondary_key(results: Mapping[str, Any]) -> str:
+    """The fine-tuning statistic of the secondary comparisons: at the reference's setting in a study with
+    shared hyper-parameters, else after each arm's own search."""
+    return f"{METRIC}_shared" if results.get("shared_hyperparameters") else METRIC
+
+
+def _comparison(results: Mapping[str, Any], key: str | None = None) -> dict[str, Mapping[str, Any]]:
+    return dict((results.get("comparison") or {}).get(key or secondary_key(results)) or {})
+
+
+def primary_lines(results: Mapping[str, Any]) -> list[str]:
+    """The pre-registered hypotheses in plain words: estimate, 95% CI, one-sided p (raw and Holm over the
+    hypotheses), the number of pipeline seeds and the decision at alpha, whatever the sign."""
+    primary = results.get("primary") or {}
+    tests = primary.get("tests") or {}
+    if not tests:
+        return []
+    alpha = float(primary.get("alpha", ALPHA))
+    statistic = (
+        "at the reference arm's chosen setting"
+        if primary.get("statistic") == f"{METRIC}_shared"
+        else "after each arm's own search"
+    )
+    lines = []
+    for name, entry in tests.items():
+        adjusted = as_number(entry.get("t_pvalue_greater_holm"))
+        decided = adjusted is not None and adjusted < alpha
+        lines.append(
+            f"{name}: {entry.get('arm')} > {entry.get('against')} (fine-tuned test top-1 {statistic}): "
+            f"{signed_text(entry.get('mean_difference'))} points (95% CI {signed_text(entry.get('ci_low'))} … "
+            f"{signed_text(entry.get('ci_high'))}), one-sided paired t p = {pvalue_text(entry.get('t_pvalue_greater'))}, "
+            f"Holm over the {len(tests)} hypotheses p = {pvalue_text(adjusted)}, n = {entry.get('n')} pipeline "
+            f"seeds: {'supported' if decided else 'not supported'} at α = {alpha}."
+        )
+    return lines
 
 
 def _kind(arm: Mapping[str, Any]) -> str:
@@ -247,13 +280,23 @@ def _seed_values(block: Mapping[str, Any], key: str) -> dict[int, float]:
     return values
 
 
-def table_rows(results: Mapping[str, Any]) -> list[list[str]]:
-    """One row per arm (and the BatchNorm control): accuracy, difference, p-values, alignment, cost."""
+def table_rows(results: Mapping[str, Any], key: str | None = None) -> list[list[str]]:
+    """One row per arm (and the BatchNorm control): accuracy, difference, p-values, alignment, cost.
+
+    ``key`` is the fine-tuning statistic (default: the secondary one); arms without it are left out. The
+    primary arm's row of the primary statistic carries its H1 test (one-sided, Holm over the hypotheses)."""
+    key = key or secondary_key(results)
     reference = str(results["reference"])
-    compared, knn, probe = (_comparison(results, k) for k in (METRIC, "knn_top1", "probe_top1"))
+    compared, knn, probe = (_comparison(results, k) for k in (key, "knn_top1", "probe_top1"))
+    primary = results.get("primary") or {}
+    if primary.get("statistic") == key and "H1" in (primary.get("tests") or {}):
+        h1 = primary["tests"]["H1"]
+        compared[str(primary.get("arm"))] = h1 | {"t_pvalue_holm": h1.get("t_pvalue_greater_holm")}
     rows = []
     for name, arm in _arms(results).items():
-        summary = (arm.get("summary") or {}).get(METRIC) or {}
+        summary = (arm.get("summary") or {}).get(key) or {}
+        if not summary:
+            continue
         entry = compared.get(name, {})
         alignment = arm.get("summary") or {}
         rows.append(
@@ -328,8 +371,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join([status_line(results), *lines, *conclusion(results)])
 
 
-def markdown_table(results: Mapping[str, Any]) -> str:
-    rows = table_rows(results)
+def markdown_table(results: Mapping[str, Any], key: str | None = None) -> str:
+    rows = table_rows(results, key)
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -401,8 +444,20 @@ def render_study_report(results: Mapping[str, Any]) -> str:
     """The HTML report of a study's results."""
     title = str(results.get("title", "BiSSL evidence study"))
     timing = results.get("timings") or {}
+    primary = primary_lines(results)
     sections = [
         section_html("status", "Status", note_html(status_line(results))),
+        *(
+            [
+                section_html(
+                    "primary",
+                    "Primary answers",
+                    "\n".join(f'<p class="lead">{escape(x)}</p>' for x in primary),
+                )
+            ]
+            if primary
+            else []
+        ),
         section_html(
             "conclusion",
             "Conclusion",
@@ -451,24 +506,29 @@ def _seed_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
         "fine-tuning seeds",
         "lr / wd",
     ]
+    shared = bool(results.get("shared_hyperparameters"))
+    if shared:
+        headers += ["test top-1 at the reference's setting"]
     headers += ["k-NN", "probe", "wall time"]
     rows = []
     for name, arm in _arms(results).items():
         for seed, block in (arm.get("seeds") or {}).items():
             values = ", ".join(f"{v:.2f}" for v in block.get("finetune_values") or [])
-            rows.append(
-                [
-                    name,
-                    seed,
-                    fixed_text(block.get(METRIC)),
-                    values,
-                    f"{as_number(block.get('lr')) or 0:.3g} / {as_number(block.get('weight_decay')) or 0:.3g}",
-                    fixed_text(block.get("knn_top1")),
-                    fixed_text(block.get("probe_top1")),
-                    duration_text(block.get("total_seconds")),
-                ]
+            setting = (
+                f"{as_number(block.get('lr')) or 0:.3g} / {as_number(block.get('weight_decay')) or 0:.3g}"
+                if METRIC in block
+                else "n/a"
             )
-    return headers, rows, [False, True, True, True, True, True, True, True]
+            row = [name, seed, fixed_text(block.get(METRIC)), values, setting]
+            if shared:
+                row.append(fixed_text(block.get(f"{METRIC}_shared")))
+            row += [
+                fixed_text(block.get("knn_top1")),
+                fixed_text(block.get("probe_top1")),
+                duration_text(block.get("total_seconds")),
+            ]
+            rows.append(row)
+    return headers, rows, [False, *[True] * (len(headers) - 1)]
 
 
 def write_study_report(run_dir: Path) -> Path:
@@ -500,16 +560,14 @@ def evidence_markdown(results: Mapping[str, Any], figure: str, run_dir: str) -> 
         f"{results.get('finetune_seeds')} fine-tuning seeds each; every comparison is paired over pipeline "
         f"seeds (each contributes the mean of its fine-tuning seeds). Reference arm: {results['reference']}.",
         "",
-        "## Conclusion",
+        *_primary_section(results),
+        "## Conclusion" if not results.get("primary") else "## Secondary questions",
         "",
         f"**{headline(results)}**",
         "",
         *[f"- {line}" for line in conclusion(results)],
         "",
-        "## Table",
-        "",
-        markdown_table(results),
-        "",
+        *_table_sections(results),
         f"![differences from {results['reference']} with 95% CIs, per-seed crosses, and cost]({figure})",
         "",
         f"Compute of the finished parts: {duration_text(timing.get('total_seconds'))} "
@@ -522,6 +580,34 @@ def evidence_markdown(results: Mapping[str, Any], figure: str, run_dir: str) -> 
     lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _primary_section(results: Mapping[str, Any]) -> list[str]:
+    lines = primary_lines(results)
+    if not lines:
+        return []
+    return ["## Primary answers", "", *[f"- **{line}**" for line in lines], ""]
+
+
+def _table_sections(results: Mapping[str, Any]) -> list[str]:
+    """The table of the secondary statistic and, in a study with shared hyper-parameters, the paper's
+    protocol (each arm's own search) beside it, each Holm-corrected over its own rows."""
+    if not results.get("shared_hyperparameters"):
+        return ["## Table", "", markdown_table(results, METRIC), ""]
+    return [
+        "## Table: every arm fine-tuned at the reference arm's chosen setting",
+        "",
+        "Holm's correction runs over the rows of this table other than the primary arm (whose row shows H1).",
+        "",
+        markdown_table(results, f"{METRIC}_shared"),
+        "",
+        "## Table: the paper's protocol (each arm searches its own setting)",
+        "",
+        "Arms that searched their own setting; Holm's correction runs over the rows of this table.",
+        "",
+        markdown_table(results, METRIC),
+        "",
+    ]
 
 
 def write_evidence(run_dir: Path, out: Path) -> Path:

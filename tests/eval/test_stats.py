@@ -38,6 +38,8 @@ def test_paired_comparison_hand_example() -> None:
     assert result["mean_difference"] == pytest.approx(1.0)
     assert result["std_difference"] == pytest.approx(1.0)
     assert result["t_pvalue"] == pytest.approx(1 - math.sqrt(3 / 5))
+    # One-sided (b > a): half the two-sided value, since the mean difference is positive.
+    assert result["t_pvalue_greater"] == pytest.approx((1 - math.sqrt(3 / 5)) / 2)
     assert result["wilcoxon_pvalue"] == pytest.approx(0.5)
     half_width = stats.t.ppf(0.975, 2) / math.sqrt(3)
     assert half_width == pytest.approx(2.4841377, abs=1e-6)
@@ -60,6 +62,7 @@ def test_paired_comparison_matches_scipy() -> None:
     reverse = paired_comparison(bissl, baseline)
     assert reverse["mean_difference"] == pytest.approx(-result["mean_difference"])
     assert reverse["t_pvalue"] == pytest.approx(result["t_pvalue"])
+    assert reverse["t_pvalue_greater"] == pytest.approx(1 - result["t_pvalue"] / 2)
 
 
 def test_paired_comparison_degenerate_cases() -> None:

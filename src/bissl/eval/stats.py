@@ -46,6 +46,7 @@ def paired_comparison(
 
     Returns "mean_difference", "std_difference" (ddof=1), "ci_low"/"ci_high" (Student-t interval at
     ``confidence``, also returned), "t_pvalue" (two-sided paired t-test, scipy.stats.ttest_rel),
+    "t_pvalue_greater" (the one-sided paired t-test of b > a),
     "wilcoxon_pvalue" (two-sided signed-rank test, scipy.stats.wilcoxon, zero differences dropped) and "n".
     The interval is None when n < 2; the t p-value is None when n < 2 or all differences are equal (no
     spread: the t statistic is undefined or infinite); the Wilcoxon p-value is None when n < 2 or all
@@ -66,6 +67,7 @@ def paired_comparison(
         "ci_low": None,
         "ci_high": None,
         "t_pvalue": None,
+        "t_pvalue_greater": None,
         "wilcoxon_pvalue": None,
         "n": count,
         "confidence": confidence,
@@ -77,6 +79,8 @@ def paired_comparison(
     result["ci_high"] = result["mean_difference"] + float(half_width)
     if result["std_difference"] > 0:
         result["t_pvalue"] = _finite_or_none(float(stats.ttest_rel(second, first).pvalue))
+        greater = stats.ttest_rel(second, first, alternative="greater").pvalue
+        result["t_pvalue_greater"] = _finite_or_none(float(greater))
     if np.any(differences != 0):
         result["wilcoxon_pvalue"] = _finite_or_none(float(stats.wilcoxon(second, first).pvalue))
     return result

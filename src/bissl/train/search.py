@@ -610,6 +610,25 @@ def seed_statistics(records: list[dict[str, Any]]) -> dict[str, Any]:
     return statistics
 
 
+def seeds_at_setting(
+    config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
+) -> dict[str, Any]:
+    """``search.seeds`` fine-tuning runs at ``finetune.lr`` and ``finetune.weight_decay``, without a search
+    (a study arm fine-tuned at another arm's chosen setting); summary.json as ``search`` writes it, with
+    the setting under ``setting`` in place of the search."""
+    lr, weight_decay = config.finetune.lr, config.finetune.weight_decay
+    records = run_seeds(config, run.path, lr, weight_decay, stop=stop, resume=resume)
+    summary = {
+        "stage": "seeds",
+        "backbone": config.backbone,
+        "setting": {"lr": lr, "weight_decay": weight_decay},
+        "seeds": records,
+        "summary": seed_statistics(records),
+    }
+    run.write_summary(summary)
+    return summary
+
+
 def search(
     config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
 ) -> dict[str, Any]:
