@@ -29,7 +29,7 @@ from bissl.report.results import as_number
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
-FIGURE_NAME = "evidence-forest.png"
+FIGURE_SUFFIX = "forest.png"
 ALPHA = 0.05
 METRIC = "test_top1"
 KEEP_MARKER = "<!-- text below is kept by bissl study-doc -->"
@@ -541,7 +541,9 @@ def write_study_report(run_dir: Path) -> Path:
     return target
 
 
-def evidence_markdown(results: Mapping[str, Any], figure: str, run_dir: str) -> str:
+def evidence_markdown(
+    results: Mapping[str, Any], figure: str, run_dir: str, out: str = "docs/evidence.md"
+) -> str:
     """docs/evidence.md from results.json: status, conclusion, table, figure, per-seed numbers, cost."""
     timing = results.get("timings") or {}
     config = results.get("config") or {}
@@ -550,7 +552,7 @@ def evidence_markdown(results: Mapping[str, Any], figure: str, run_dir: str) -> 
     lines = [
         "# Evidence: does BiSSL's bilevel stage beat the conventional pipeline?",
         "",
-        f"Written by `bissl study-doc {run_dir} --out docs/evidence.md` from the study's results.json "
+        f"Written by `bissl study-doc {run_dir} --out {out}` from the study's results.json "
         f"({results.get('created', 'n/a')}). {status_line(results)}",
         "",
         f"Testbed: pretext {data.get('pretext')} images (labels unused) → downstream {data.get('downstream')} "
@@ -611,7 +613,7 @@ def _table_sections(results: Mapping[str, Any]) -> list[str]:
 
 
 def write_evidence(run_dir: Path, out: Path) -> Path:
-    """Write ``out`` (markdown) and its figure ``images/evidence-forest.png`` beside it from results.json.
+    """Write ``out`` (markdown) and its figure ``images/<out stem>-forest.png`` beside it from results.json.
 
     Hand-written text below the line KEEP_MARKER in an existing ``out`` (how the testbed was chosen) is kept.
     """
@@ -619,9 +621,10 @@ def write_evidence(run_dir: Path, out: Path) -> Path:
     kept = ""
     if out.is_file() and KEEP_MARKER in out.read_text():
         kept = KEEP_MARKER + out.read_text().split(KEEP_MARKER, 1)[1]
-    figure_path = out.parent / "images" / FIGURE_NAME
+    figure_name = f"{out.stem}-{FIGURE_SUFFIX}"
+    figure_path = out.parent / "images" / figure_name
     figure_path.parent.mkdir(parents=True, exist_ok=True)
     forest_figure(results).savefig(figure_path, dpi=100)
-    text = evidence_markdown(results, f"images/{FIGURE_NAME}", str(run_dir))
+    text = evidence_markdown(results, f"images/{figure_name}", str(run_dir), str(out))
     out.write_text(text + (f"\n{kept.rstrip()}\n" if kept else ""))
     return out

@@ -119,3 +119,15 @@ def test_compare_to_reference_matches_scipy_and_adjusts_over_arms() -> None:
     raw_w = [results[arm]["wilcoxon_pvalue"] for arm in results]
     assert [results[arm]["wilcoxon_pvalue_holm"] for arm in results] == pytest.approx(holm(raw_w))
     assert results["bissl"]["t_pvalue_holm"] >= results["bissl"]["t_pvalue"]
+
+
+def test_minimal_detectable_effect_has_the_asked_power() -> None:
+    from bissl.eval.stats import minimal_detectable_effect
+
+    effect = minimal_detectable_effect(0.5, 10, alpha=0.025, power=0.8)
+    critical = stats.t.ppf(0.975, 9)
+    assert stats.nct.sf(critical, 9, effect * math.sqrt(10) / 0.5) == pytest.approx(0.8, abs=1e-6)
+    # The normal approximation (z quantiles) is a little smaller; the t one with df n - 1 a little larger.
+    normal = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * 0.5 / math.sqrt(10)
+    assert normal < effect < (stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * 0.5 / math.sqrt(10) + 0.05
+    assert minimal_detectable_effect(0.5, 40, alpha=0.025) < effect

@@ -86,6 +86,21 @@ def paired_comparison(
     return result
 
 
+def minimal_detectable_effect(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean paired difference that a one-sided paired t-test at level ``alpha`` over ``n``
+    pairs with difference SD ``sd`` detects with probability ``power`` (exact, noncentral t)."""
+    from scipy import optimize, stats
+
+    if n < 2 or sd <= 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"need n >= 2, sd > 0, alpha and power in (0, 1); got n={n}, sd={sd}, {alpha}, {power}")
+    critical = stats.t.ppf(1 - alpha, df=n - 1)
+
+    def shortfall(effect: float) -> float:
+        return float(stats.nct.sf(critical, df=n - 1, nc=effect * math.sqrt(n) / sd)) - power
+
+    return float(optimize.brentq(shortfall, 0.0, 20.0 * sd))
+
+
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjustment of ``pvalues`` for multiple comparisons (family-wise error control).
 
