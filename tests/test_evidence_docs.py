@@ -39,5 +39,7 @@ def test_evidence_prose_quotes_the_table(page: Path) -> None:
 
 
 def test_a_stale_number_is_caught() -> None:
-    document = f"| bissl | +0.78 | 0.176 |\n{KEEP_MARKER}\n## Reading the result\n\nHolm p = 0.118, gain +0.78.\n"
+    document = (
+        f"| bissl | +0.78 | 0.176 |\n{KEEP_MARKER}\n## Reading the result\n\nHolm p = 0.118, gain +0.78.\n"
+    )
     assert quoted_numbers_missing(document) == ["0.118"]

@@ -92,7 +92,9 @@ def minimal_detectable_effect(sd: float, n: int, *, alpha: float = 0.05, power: 
     from scipy import optimize, stats
 
     if n < 2 or sd <= 0 or not 0 < alpha < 1 or not 0 < power < 1:
-        raise ValueError(f"need n >= 2, sd > 0, alpha and power in (0, 1); got n={n}, sd={sd}, {alpha}, {power}")
+        raise ValueError(
+            f"need n >= 2, sd > 0, alpha and power in (0, 1); got n={n}, sd={sd}, {alpha}, {power}"
+        )
     critical = stats.t.ppf(1 - alpha, df=n - 1)
 
     def shortfall(effect: float) -> float:
