@@ -93,9 +93,17 @@ class ViewOptions:
     flip_p: float = 0.5
 
     def __post_init__(self) -> None:
-        probabilities = [self.jitter_p, self.grayscale_p, self.flip_p, *self.blur_p, *self.solarize_p]
-        if any(not 0.0 <= p <= 1.0 for p in probabilities):
-            raise DataError(f"augmentation probabilities must lie in [0, 1], got {self}")
+        probabilities = {
+            "jitter_p": (self.jitter_p,),
+            "grayscale_p": (self.grayscale_p,),
+            "flip_p": (self.flip_p,),
+            "blur_p": self.blur_p,
+            "solarize_p": self.solarize_p,
+        }
+        for name, values in probabilities.items():
+            if any(not 0.0 <= p <= 1.0 for p in values):
+                shown = values[0] if len(values) == 1 else values
+                raise DataError(f"augmentation probabilities must lie in [0, 1]: {name} is {shown}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise DataError(
                 f"augmentation crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}"
