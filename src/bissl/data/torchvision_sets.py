@@ -36,10 +36,10 @@ from bissl.data.folder_stream import (
     image_channels,
 )
 from bissl.data.registry import (
-    DATA_ENV_VAR,
     DATASETS,
     DatasetInfo,
     TensorDataset,
+    data_roots,
     default_download_root,
     grey_stats,
     register_dataset,
@@ -124,18 +124,8 @@ SPECS: dict[str, DatasetSpec] = {}
 # Finding, downloading, listing
 
 
-def data_roots(root: str | None) -> list[Path]:
-    """Roots searched, in order: ``root``, $BISSL_DATA, then the download root (~/.cache/bissl)."""
-    places = [root, os.environ.get(DATA_ENV_VAR), default_download_root(None)]
-    roots: list[Path] = []
-    for place in places:
-        if place and Path(place) not in roots:
-            roots.append(Path(place))
-    return roots
-
-
 def locations(spec: DatasetSpec, root: str | None) -> list[Path]:
-    """Every folder where ``spec`` is looked for."""
+    """Every folder where ``spec`` is looked for: its folder under each data root (:func:`data_roots`)."""
     if spec.fixed_root is not None:
         return [Path(spec.fixed_root)]
     return [base / spec.folder for base in data_roots(root)]
