@@ -1,13 +1,14 @@
 """One search order for every dataset (data.root, $BISSL_DATA, ~/.cache/bissl), downloads into its first root,
-and ``~`` in data roots."""
+and ``~`` in data roots and image folder names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from bissl.data import embedded
+from bissl.data import embedded, torchvision_sets
 from bissl.data.registry import (
     DATASETS,
     data_roots,
@@ -95,3 +96,26 @@ def test_fashion_mnist_downloaded_without_a_root_is_found_by_the_next_run(
     assert calls == [str(home / ".cache" / "bissl")]
     assert len(load_dataset("fashion-mnist", "test")) == 2  # no download=True this time
     assert DATASETS["fashion-mnist"].is_present(None)
+
+
+def _image_folder(root: Path) -> None:
+    for split in ("train", "test"):
+        for index, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (100 * index, 50, 50)).save(root / split / name / "0.png")
+
+
+def test_folder_name_expands_tilde(home: Path) -> None:
+    _image_folder(home / "pets")
+    assert torchvision_sets.folder_path("~/pets") == str(home / "pets")
+    listing = torchvision_sets.list_images("folder:~/pets", "train")
+    assert listing.files == [str(home / "pets" / "train" / c / "0.png") for c in ("cat", "dog")]
+
+
+def test_relative_folder_is_taken_from_the_current_folder(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _image_folder(tmp_path / "work" / "pets")
+    monkeypatch.chdir(tmp_path / "work")
+    listing = torchvision_sets.list_images("folder:pets", "test")
+    assert listing.files == [str(Path("pets") / "test" / c / "0.png") for c in ("cat", "dog")]
