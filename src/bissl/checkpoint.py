@@ -44,11 +44,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path, *, expect_stage: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """Load a checkpoint safely; truncated, foreign or wrong-stage files raise CheckpointError."""
-    source = Path(path)
-    if not source.is_file():
-        raise CheckpointError(
-            f"checkpoint '{source}' does not exist; check the path or run the stage that writes it"
-        )
+    source = require_file(path, "checkpoint", "check the path or run the stage that writes it")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -66,6 +62,20 @@ def load_checkpoint(path: str | Path, *, expect_stage: str | tuple[str, ...] | N
                 f"checkpoint '{source}' was written by stage '{stage}', expected {' or '.join(allowed)}"
             )
     return state
+
+
+def require_file(path: str | Path, what: str, hint: str) -> Path:
+    """``path`` when it is a file; else CheckpointError saying it is a folder (naming checkpoint files in it)
+    or that it does not exist, then ``hint``."""
+    source = Path(path)
+    if source.is_dir():
+        inside = sorted([*source.glob("*.pt"), *source.glob("checkpoints/*.pt")])[:4]
+        listed = ", ".join(str(file) for file in inside)
+        which = f"a checkpoint file such as {listed}" if inside else "the checkpoint file itself"
+        raise CheckpointError(f"{what} '{source}' is a folder, not a checkpoint file; pass {which}")
+    if not source.is_file():
+        raise CheckpointError(f"{what} '{source}' does not exist; {hint}")
+    return source
 
 
 def make_meta(stage: str, architecture: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -53,8 +53,9 @@ def write_fashion_mnist(folder: Path, train_count: int = 6, test_count: int = 4,
 
 @pytest.fixture
 def no_fashion_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No Fashion-MNIST anywhere: BISSL_DATA unset and the system folder pointed at an empty place."""
+    """No Fashion-MNIST anywhere: BISSL_DATA unset, a private home and the system folder at an empty place."""
     monkeypatch.delenv("BISSL_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     missing = tmp_path / "system" / "fashion-mnist"
     monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST", str(missing))
     return missing
@@ -104,13 +105,13 @@ def test_fashion_mnist_loads_from_bissl_data(monkeypatch: pytest.MonkeyPatch, tm
     assert train.mean == datasets.FASHION_MNIST_MEAN and test.std == datasets.FASHION_MNIST_STD
 
 
-def test_fashion_mnist_search_order_env_then_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_fashion_mnist_search_order_root_then_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     write_fashion_mnist(tmp_path / "env" / "fashion-mnist", fill=1)
     write_fashion_mnist(tmp_path / "root" / "fashion-mnist", fill=2)
     monkeypatch.setenv("BISSL_DATA", str(tmp_path / "env"))
-    assert int(load_dataset("fashion-mnist", "train", root=str(tmp_path / "root")).images[0, 0, 0, 0]) == 1
-    monkeypatch.delenv("BISSL_DATA")
     assert int(load_dataset("fashion-mnist", "train", root=str(tmp_path / "root")).images[0, 0, 0, 0]) == 2
+    assert int(load_dataset("fashion-mnist", "train").images[0, 0, 0, 0]) == 1
+    monkeypatch.delenv("BISSL_DATA")
     assert DATASETS["fashion-mnist"].is_present(str(tmp_path / "root"))
 
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from bissl.data.registry import (
-    DATA_ENV_VAR,
     DatasetInfo,
     TensorDataset,
     channel_stats,
+    data_roots,
     default_download_root,
     register_dataset,
 )
@@ -27,6 +27,8 @@ from bissl.data.splits import train_val_split
 from bissl.errors import DataError
 
 SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+# Under a data root: a plain copy of the IDX files, or the folder torchvision's download leaves.
+FASHION_MNIST_FOLDERS = ("fashion-mnist", "FashionMNIST/raw")
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -124,15 +126,10 @@ def read_idx_pair(folder: Path, image_stem: str, label_stem: str) -> tuple[np.nd
 
 
 def fashion_mnist_locations(root: str | None) -> list[str]:
-    """Folders searched for the Fashion-MNIST IDX files, in order."""
-    places: list[str] = []
-    env_root = os.environ.get(DATA_ENV_VAR)
-    if env_root:
-        places.append(str(Path(env_root) / "fashion-mnist"))
-    if root:
-        places += [str(Path(root) / "fashion-mnist"), str(Path(root) / "FashionMNIST" / "raw")]
-    places.append(SYSTEM_FASHION_MNIST)
-    return places
+    """Folders searched for the Fashion-MNIST IDX files, in order: ``fashion-mnist/`` and torchvision's
+    ``FashionMNIST/raw/`` under each data root (:func:`~bissl.data.registry.data_roots`), then the system copy."""
+    places = [str(base / sub) for base in data_roots(root) for sub in FASHION_MNIST_FOLDERS]
+    return [*places, SYSTEM_FASHION_MNIST]
 
 
 def _fashion_mnist_folder(root: str | None) -> Path | None:

@@ -253,11 +253,47 @@ def load_dataset(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Download location
+# Where datasets are looked for and where downloads go
+
+HOME_DATA_ROOT = "~/.cache/bissl"
+
+
+def data_roots(root: str | None) -> list[Path]:
+    """The data roots every dataset is looked for under, in this order: ``root`` (data.root), then
+    $BISSL_DATA, then ~/.cache/bissl (those that are set, ``~`` expanded, each once). A download goes into the
+    first of them (:func:`default_download_root`), so a downloaded copy is found by the next run."""
+    places = [root, os.environ.get(DATA_ENV_VAR), HOME_DATA_ROOT]
+    roots: list[Path] = []
+    for place in places:
+        if place and Path(place).expanduser() not in roots:
+            roots.append(Path(place).expanduser())
+    return roots
 
 
 def default_download_root(root: str | None) -> str:
-    """Where a download goes: ``root``, else $BISSL_DATA, else ~/.cache/bissl."""
-    if root:
-        return root
-    return os.environ.get(DATA_ENV_VAR) or str(Path.home() / ".cache" / "bissl")
+    """Where a download goes: the first data root (``root``, else $BISSL_DATA, else ~/.cache/bissl)."""
+    return str(data_roots(root)[0])
+
+
+def describe_search_order(root: str | None) -> str:
+    """One line naming the data roots in search order and where a download goes."""
+    named = [("data.root", root), (f"${DATA_ENV_VAR}", os.environ.get(DATA_ENV_VAR)), (HOME_DATA_ROOT, None)]
+    shown = [f"{label} ({Path(value).expanduser()})" if value else label for label, value in named]
+    unset = [label for label, value in named[:2] if not value]
+    note = f"; {' and '.join(unset)} not set" if unset else ""
+    return (
+        f"datasets are looked for under {', then '.join(shown)}{note}; "
+        f"data.download=true downloads into {default_download_root(root)}"
+    )
+
+
+def describe_datasets(root: str | None) -> str:
+    """What ``bissl data list`` prints: the search order (:func:`describe_search_order`), then one line per
+    registered dataset (name, present or missing, description) followed by every place it is looked for."""
+    lines = [describe_search_order(root)]
+    for name in sorted(DATASETS):
+        info = DATASETS[name]
+        state = "present" if info.is_present(root) else "missing"
+        lines.append(f"{name:<16} {state:<8} {info.description}")
+        lines.extend(f"{'':<25} looks in: {place}" for place in info.where(root))
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ for one channel). Image folders (``folder:PATH``) whose images are all single-ch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,10 +37,10 @@ from bissl.data.folder_stream import (
     image_channels,
 )
 from bissl.data.registry import (
-    DATA_ENV_VAR,
     DATASETS,
     DatasetInfo,
     TensorDataset,
+    data_roots,
     default_download_root,
     grey_stats,
     register_dataset,
@@ -124,18 +125,8 @@ SPECS: dict[str, DatasetSpec] = {}
 # Finding, downloading, listing
 
 
-def data_roots(root: str | None) -> list[Path]:
-    """Roots searched, in order: ``root``, $BISSL_DATA, then the download root (~/.cache/bissl)."""
-    places = [root, os.environ.get(DATA_ENV_VAR), default_download_root(None)]
-    roots: list[Path] = []
-    for place in places:
-        if place and Path(place) not in roots:
-            roots.append(Path(place))
-    return roots
-
-
 def locations(spec: DatasetSpec, root: str | None) -> list[Path]:
-    """Every folder where ``spec`` is looked for."""
+    """Every folder where ``spec`` is looked for: its folder under each data root (:func:`data_roots`)."""
     if spec.fixed_root is not None:
         return [Path(spec.fixed_root)]
     return [base / spec.folder for base in data_roots(root)]
@@ -155,6 +146,12 @@ def dataset_folder(spec: DatasetSpec, root: str | None, download: bool) -> Path:
     if folder is not None:
         return folder
     searched = ", ".join(str(place) for place in locations(spec, root))
+    if spec.fixed_root is not None:
+        state = "has no train/ folder" if Path(spec.fixed_root).is_dir() else "does not exist"
+        raise DataError(
+            f"image folder {spec.fixed_root} ({spec.name}) {state}; folder:PATH needs PATH/train/<class>/ "
+            "images and PATH/test/<class>/ (or val/)"
+        )
     if download and spec.download is not None:
         target = default_download_root(root)
         try:
@@ -193,19 +190,52 @@ def list_images(name: str, split: str, root: str | None = None, download: bool =
     return spec.lister(dataset_folder(spec, root, download), split)
 
 
+def _unreadable(error: OSError, directory: Path) -> DataError:
+    """One line naming the entry of ``directory`` that could not be read (a symbolic link loop, say)."""
+    path = error.filename or directory
+    if error.errno == errno.ELOOP:
+        return DataError(
+            f"{path} is a symbolic link loop; remove the link or point it at a real folder or file"
+        )
+    return DataError(f"cannot read {path} ({error.strerror or error}); fix or remove it")
+
+
+def _entries(directory: Path, keep: Callable[[os.DirEntry[str]], bool]) -> list[os.DirEntry[str]]:
+    """The entries of ``directory`` that ``keep`` accepts; an unreadable entry raises DataError naming it."""
+    try:
+        with os.scandir(directory) as scan:
+            return [entry for entry in scan if keep(entry)]
+    except OSError as error:
+        raise _unreadable(error, directory) from None
+
+
+def _is_image(entry: os.DirEntry[str]) -> bool:
+    return Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file()
+
+
 def _image_files(directory: Path) -> list[Path]:
     """Image files directly inside ``directory``, sorted by name."""
     if not directory.is_dir():
         return []
-    found = [entry for entry in os.scandir(directory) if entry.is_file()]
-    return sorted(Path(e.path) for e in found if Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(Path(entry.path) for entry in _entries(directory, _is_image))
+
+
+def _has_images(directory: Path) -> bool:
+    """Whether ``directory`` holds at least one image file (stops at the first)."""
+    if not directory.is_dir():
+        return False
+    try:
+        with os.scandir(directory) as scan:
+            return any(_is_image(entry) for entry in scan)
+    except OSError as error:
+        raise _unreadable(error, directory) from None
 
 
 def _subfolders(directory: Path) -> list[str]:
     """Names of the folders inside ``directory``, sorted."""
     if not directory.is_dir():
         raise DataError(f"{directory} is missing; the dataset folder is incomplete")
-    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and entry.name[0] != ".")
+    return sorted(e.name for e in _entries(directory, lambda e: e.name[0] != "." and e.is_dir()))
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -466,10 +496,28 @@ def _class_tree(train: str, test: tuple[str, ...]) -> Lister:
             return _class_folders(folder / train, classes)
         for name in test:
             if (folder / name).is_dir():
+                _refuse_unknown_classes(folder / train, folder / name, classes)
                 return _class_folders(folder / name, classes)
         raise DataError(f"{folder} has no {' or '.join(test)} folder of class folders for the test split")
 
     return lister
+
+
+def _refuse_unknown_classes(train: Path, test: Path, classes: list[str]) -> None:
+    """Refuse a test folder with images of a class that has no training images (it could never be predicted,
+    and the labels are the train folder's classes)."""
+    known = set(classes)
+    unknown = [
+        name
+        for name in _subfolders(test)
+        if (name not in known or not _has_images(train / name)) and _has_images(test / name)
+    ]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise DataError(
+            f"test class folder(s) {shown} in {test} have no training images in {train}; add them to "
+            f"{train.name}/ or remove them from {test.name}/ (the classes are those of {train.name}/)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -628,6 +676,11 @@ def register_spec(spec: DatasetSpec, *, replace_existing: bool = False) -> None:
     )
 
 
+def folder_path(path: str) -> str:
+    """The folder of ``folder:PATH``: ``~`` expanded; a relative path stays relative to the current folder."""
+    return os.path.expanduser(path)
+
+
 def ensure_registered(name: str) -> None:
     """Register ``folder:PATH`` (PATH/train/<class>/*, and PATH/test or PATH/val) on first use."""
     if name in DATASETS or not name.startswith(FOLDER_PREFIX):
@@ -635,6 +688,7 @@ def ensure_registered(name: str) -> None:
     path = name[len(FOLDER_PREFIX) :]
     if not path:
         raise DataError("dataset name 'folder:' needs a path, e.g. folder:/data/my-images")
+    path = folder_path(path)
     register_spec(
         DatasetSpec(
             name=name,

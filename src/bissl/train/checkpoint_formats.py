@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bissl.checkpoint import check_architecture, load_checkpoint, make_meta, save_checkpoint
+from bissl.checkpoint import check_architecture, load_checkpoint, make_meta, require_file, save_checkpoint
 from bissl.config import Config
 from bissl.errors import CheckpointError
 from bissl.pretext import PretextTask
@@ -52,9 +52,7 @@ def save_backbone(path: Path, backbone: nn.Module, config: Config, channels: int
 
 def load_backbone_weights(path: str | Path, config: Config, channels: int) -> nn.Module:
     """A backbone from a plain state dict (``save_backbone``) or from a pretext checkpoint."""
-    source = Path(path)
-    if not source.is_file():
-        raise CheckpointError(f"backbone checkpoint '{source}' does not exist; check backbone=PATH")
+    source = require_file(path, "backbone checkpoint", "check backbone=PATH")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception:

@@ -3,6 +3,7 @@ batch stream, and the two-view and downstream augmentations."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -139,12 +140,90 @@ def make_downstream_augment(config: Config, dataset: TensorDataset) -> Downstrea
     )
 
 
+def check_downstream(config: Config) -> None:
+    """Refuse, with one line, a downstream set that cannot train and score a classifier: fewer than 2 classes,
+    test images of a class without training images (image folders), or a ``data.downstream_limit`` that keeps
+    fewer training images than classes or no validation image. Photo sets are checked from their file lists
+    (nothing is decoded), so this is cheap enough to call before any training starts."""
+    data = config.data
+    name = data.downstream
+    torchvision_sets.ensure_registered(name)
+    if not torchvision_sets.is_photo_set(name):
+        dataset = load_dataset(name, "train", root=data.root, download=data.download)
+        _check_counts(config, dataset.num_classes, dataset.multilabel, len(dataset))
+        return
+    listing = torchvision_sets.list_images(name, "train", data.root, data.download)
+    for split in torchvision_sets.spec_for(name).splits:
+        if split != "train":
+            torchvision_sets.list_images(name, split, data.root, data.download)
+    if not listing.multilabel and name.startswith(torchvision_sets.FOLDER_PREFIX):
+        present = sorted({Path(file).parent.name for file in listing.files})
+        if len(present) < 2:
+            train = Path(listing.files[0]).parent.parent
+            raise DataError(
+                f"data.downstream={name} has {len(present)} class folder with images in {train} "
+                f"({', '.join(present)}); a classification folder needs at least 2 class subfolders "
+                f"({train.name}/<class>/); add another class or choose another data.downstream"
+            )
+    classes = listing.num_classes if listing.multilabel else int(torch.unique(listing.labels).numel())
+    _check_counts(config, classes, listing.multilabel, len(listing.files))
+
+
+def _check_counts(config: Config, classes: int, multilabel: bool, size: int) -> None:
+    """The class and ``data.downstream_limit`` checks of :func:`check_downstream` for a train split of ``size``
+    images (after the limit when it is already applied) and ``classes`` classes."""
+    data = config.data
+    name = data.downstream
+    if classes < 2 and not multilabel:
+        raise DataError(
+            f"data.downstream={name} has {classes} class in its training split; a downstream "
+            "classification set needs at least 2; choose another data.downstream"
+        )
+    limit = data.downstream_limit
+    if limit is not None and limit < 1:
+        raise DataError(
+            f"data.downstream_limit must be a positive number of training images or null, got {limit}"
+        )
+    if limit is None or size < limit:
+        return  # no limit, or one that keeps every image
+    official_val = torchvision_sets.has_official_val(name)
+    fraction = 0.0 if official_val else data.val_fraction
+
+    def fits(count: int) -> bool:
+        validate = round(count * fraction)
+        return count - validate >= classes and (validate >= 1 or fraction == 0.0)
+
+    if fits(limit):
+        return
+    minimum = next(count for count in itertools.count(classes) if fits(count))  # val_fraction < 1: it ends
+    if official_val:
+        split = f"keeps {limit} training images of {name}, fewer than its {classes} classes"
+    else:
+        validate = round(limit * fraction)
+        short = [f"fewer training images than its {classes} classes"] if limit - validate < classes else []
+        short += ["no validation image"] if validate < 1 else []
+        split = (
+            f"keeps {limit} training images of {name}: {limit - validate} to train and {validate} to validate "
+            f"(data.val_fraction={data.val_fraction}), {' and '.join(short)}"
+        )
+    raise DataError(
+        f"data.downstream_limit={limit} {split}; set data.downstream_limit to at least {minimum}, "
+        "or null for all images"
+    )
+
+
 def downstream_data(config: Config, run_path: Path | None) -> tuple[dict[str, TensorDataset], DownstreamTask]:
     """Downstream train/val/test: the dataset's own validation split when it has one, else the train split
-    divided by a seeded (stratified) split that is written to the run folder and reused; its own test split."""
+    divided by a seeded (stratified) split that is written to the run folder and reused; its own test split.
+    Photo sets are checked (:func:`check_downstream`) before anything is decoded or written."""
     from bissl.data.splits import split_dataset
 
+    photos = torchvision_sets.is_photo_set(config.data.downstream)
+    if photos:
+        check_downstream(config)
     full = load_data(config, "downstream", "train")
+    if not photos:
+        _check_counts(config, full.num_classes, full.multilabel, len(full))
     if torchvision_sets.has_official_val(config.data.downstream):
         train, val = full, load_data(config, "downstream", "val")
     else:

@@ -12,6 +12,7 @@ recorded as ``projector: absent``; the BiSSL stage then trains the pretext head 
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bissl.checkpoint import require_file
 from bissl.config import Config
 from bissl.errors import CheckpointError, ConfigError
 from bissl.pretext import PretextTask
@@ -31,6 +33,7 @@ RESNETS = ("resnet18", "resnet34", "resnet50")
 # lightly's examples keep a torchvision ResNet as nn.Sequential(*children()[:-1]): child index -> name.
 SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 _SHOWN = 4
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
@@ -48,24 +51,24 @@ def _first(names: list[str]) -> str:
     return shown + (", ..." if len(names) > _SHOWN else "")
 
 
-def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor]:
+def read_state_dict(
+    path: str | Path, *, trust_pickle: bool = False, key: str = "imported.checkpoint (--checkpoint)"
+) -> dict[str, Tensor]:
     """The tensors of a checkpoint file: a plain state dict, or the ``state_dict`` / ``model`` entry of a
-    training checkpoint (Lightning, timm); a DDP ``module.`` prefix is removed."""
-    source = Path(path)
-    if not source.is_file():
-        raise CheckpointError(
-            f"checkpoint '{source}' does not exist; check imported.checkpoint (--checkpoint)"
-        )
+    training checkpoint (Lightning, timm); a DDP ``module.`` prefix is removed. ``key`` names the setting
+    that gave the path in the messages."""
+    source = require_file(path, "checkpoint", f"check {key}")
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0][:160]
-        raise CheckpointError(
-            f"checkpoint '{source}' holds Python objects besides tensors ({reason}); if you trust the file, "
-            "pass imported.trust_pickle=true, or save its state_dict alone"
-        ) from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) and not trust_pickle:
+            raise CheckpointError(
+                f"checkpoint '{source}' holds Python objects besides tensors{_pickled_objects(exc)}, which are "
+                "not loaded by default; if you trust the file, pass imported.trust_pickle=true, or save its "
+                "state_dict alone"
+            ) from None
+        text = _plain(str(exc)).strip()
+        reason = text.splitlines()[0][:120] if text else type(exc).__name__
         raise CheckpointError(
             f"checkpoint '{source}' cannot be read ({reason}); it is truncated or not a checkpoint"
         ) from None
@@ -82,6 +85,17 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
     if all(k.startswith("module.") for k in tensors):
         tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
     return tensors
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal escape codes (torch colours parts of its messages)."""
+    return ANSI_ESCAPE.sub("", text)
+
+
+def _pickled_objects(error: Exception) -> str:
+    """`` (a.B, c.D)``: the Python objects torch refused to unpickle, as its message names them, or ``""``."""
+    names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", _plain(str(error)))))
+    return f" ({', '.join(names[:_SHOWN])})" if names else ""
 
 
 def _under(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -335,7 +349,11 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
             f"(got {config.model.backbone!r})"
         )
     state = read_state_dict(spec.checkpoint, trust_pickle=spec.trust_pickle)
-    head_state = read_state_dict(spec.head, trust_pickle=spec.trust_pickle) if spec.head else None
+    head_state = (
+        read_state_dict(spec.head, trust_pickle=spec.trust_pickle, key="imported.head (--head)")
+        if spec.head
+        else None
+    )
     describe = f"checkpoint '{spec.checkpoint}' (layout {spec.layout})"
     try:
         parts = split_layout(spec.layout, state, head_state)
