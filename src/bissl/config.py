@@ -144,9 +144,9 @@ class DataConfig:
     downstream: str = "digits"
     """Labelled dataset of the downstream task (warm-up, BiSSL upper level, fine-tuning, evaluation)."""
     root: str | None = None
-    """Folder searched first for datasets (then $BISSL_DATA, then ~/.cache/bissl)."""
+    """Folder searched first for datasets, then $BISSL_DATA, then ~/.cache/bissl (each when set; `bissl data list` shows the order); data.download=true downloads into the first of them."""
     download: bool = False
-    """Download a missing dataset with torchvision (into root, else $BISSL_DATA, else ~/.cache/bissl)."""
+    """Download a missing dataset with torchvision into the first data root (root, else $BISSL_DATA, else ~/.cache/bissl), where later runs find it."""
     image_size: int = field(default=28, metadata=at_least(4))
     """Side in pixels every image is resized to on load; crops are made at this size."""
     channels: int | Literal["auto"] = field(default="auto", metadata=one_of(*CHANNEL_CHOICES, note="or auto"))

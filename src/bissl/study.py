@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
-from bissl.errors import BisslError, ConfigError
+from bissl.errors import ConfigError
 from bissl.experiment import TIMINGS_FILE, Parts, read_summary
 from bissl.runtime import GracefulStop, RunDir
 
@@ -141,10 +141,9 @@ def _probe_part(parts: Parts, name: str, folder: Path, config: Config, backbone:
 def _pretext_part(parts: Parts, config: Config, root: Path) -> str:
     """The study's one pretext checkpoint: ``pretext_checkpoint`` when given, else pretrained here."""
     if config.pretext_checkpoint is not None:
-        if not Path(config.pretext_checkpoint).is_file():
-            raise BisslError(
-                f"pretext checkpoint '{config.pretext_checkpoint}' does not exist; check pretext_checkpoint=PATH"
-            )
+        from bissl.checkpoint import require_file
+
+        require_file(config.pretext_checkpoint, "pretext checkpoint", "check pretext_checkpoint=PATH")
         return config.pretext_checkpoint
     from bissl.train.pretrain import pretrain
 
@@ -242,6 +241,9 @@ def study(
     """Run every arm at every pipeline seed (seed-major, so finished seeds pair across arms), the BatchNorm
     control, the statistics; rewrite results.json and report.html after each arm and seed."""
     validate_study(config)
+    from bissl.train.data_sources import check_downstream
+
+    check_downstream(config)  # a bad downstream set is refused before the pretraining, not after it
     stop = stop or GracefulStop()
     root = run.path
     parts = Parts(root, stop, "study")

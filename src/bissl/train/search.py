@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from bissl import distributed
+from bissl.checkpoint import require_file
 from bissl.config import Config, dump_yaml
 from bissl.errors import BisslError, NonFiniteError
 from bissl.eval.stats import summarize
@@ -52,9 +53,7 @@ def _file_digest(path: str | None) -> str | None:
     """SHA-256 of the backbone file, so machines that hold it under different paths share one study."""
     if path is None:
         return None
-    source = Path(path)
-    if not source.is_file():
-        raise BisslError(f"backbone checkpoint '{source}' does not exist; check backbone=PATH")
+    source = require_file(path, "backbone checkpoint", "check backbone=PATH")
     digest = hashlib.sha256()
     with open(source, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
