@@ -3,7 +3,9 @@ pyproject.toml (layers that point down, independence of bilevel/pretext/eval) ho
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +117,56 @@ def test_import_linter_contracts_hold() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 kept, 0 broken" in result.stdout
+
+
+def _layers() -> list[list[str]]:
+    """The layers contract of pyproject.toml, top first, each as its list of module names."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c["layers"] for c in contracts if c["type"] == "layers")
+    return [[name.strip() for name in re.split(r"[:|]", layer)] for layer in layers]
+
+
+def layer_of(module: str, layers: list[list[str]]) -> int | None:
+    """The index (0 = top) of the layer that holds ``module`` or a package above it; None when none does."""
+    for index, names in enumerate(layers):
+        if any(module == name or module.startswith(name + ".") for name in names):
+            return index
+    return None
+
+
+def string_loaded_violations(table: dict[str, tuple[str, str]], layers: list[list[str]]) -> list[str]:
+    """Entries of a command table (name -> (module, function)) whose module the CLI may not load: missing,
+    without the function, outside the layers, or not below bissl.cli. The CLI imports these modules by name
+    when a command runs, so the import graph (and import-linter) never sees those edges."""
+    cli_layer = layer_of("bissl.cli", layers)
+    assert cli_layer is not None
+    problems = []
+    for name, (module, function) in table.items():
+        layer = layer_of(module, layers)
+        if layer is None or layer <= cli_layer:
+            problems.append(f"{name}: {module} is not in a layer below bissl.cli")
+            continue
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError as error:
+            problems.append(f"{name}: {module} cannot be imported ({error})")
+            continue
+        if not callable(getattr(loaded, function, None)):
+            problems.append(f"{name}: {module} has no function {function}")
+    return problems
+
+
+def test_the_modules_the_cli_loads_by_name_sit_below_it() -> None:
+    from bissl.cli import STAGES
+
+    layers = _layers()
+    table = {name: (stage.module, stage.function) for name, stage in STAGES.items()}
+    assert string_loaded_violations(table, layers) == []
+    # The check can fail: a table naming a module above or beside the CLI, or a missing function.
+    bad = {"up": ("bissl.__main__", "main"), "gone": ("bissl.train.pretrain", "no_such_stage")}
+    assert string_loaded_violations(bad, layers) == [
+        "up: bissl.__main__ is not in a layer below bissl.cli",
+        "gone: bissl.train.pretrain has no function no_such_stage",
+    ]
