@@ -2,6 +2,10 @@
 
 import sys
 
-from bissl.cli import main
+try:
+    from bissl.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the tool is still being imported
+    print("bissl: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -6,8 +6,10 @@ it (stage, architecture) so that a foreign or incompatible file is refused with 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,10 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically: a crash mid-write leaves the previous file at ``path`` intact."""
+    """Write ``state`` atomically: a crash mid-write leaves the previous file at ``path`` intact.
+
+    A full disk (or another failed write with an error number) ends in a CheckpointError naming the file; the
+    temporary file is removed either way."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -36,10 +41,46 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             os.fsync(directory)
         finally:
             os.close(directory)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if exc.errno is None:
+            raise
+        raise _write_failed(target, exc.errno, exc.strerror) from None
+    except RuntimeError:
+        # torch reports a failed write of its zip container as a RuntimeError; a full disk is the usual cause
+        Path(temporary).unlink(missing_ok=True)
+        if _disk_nearly_full(target):
+            raise _write_failed(target, errno.ENOSPC, None) from None
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def _disk_nearly_full(target: Path) -> bool:
+    """Whether the disk of ``target`` has less room left than the checkpoint it would hold (1 MiB at least)."""
+    try:
+        free = shutil.disk_usage(target.parent).free
+        needed = target.stat().st_size if target.is_file() else 0
+    except OSError:
+        return False
+    return free < max(needed, 1 << 20)
+
+
+def _write_failed(target: Path, number: int, reason: str | None) -> CheckpointError:
+    kept = (
+        f"the previous '{target.name}' is intact" if target.is_file() else "no earlier checkpoint was there"
+    )
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(
+            f"no space left on the disk to write checkpoint '{target}' ({kept}); free space, then rerun the "
+            "same command"
+        )
+    return CheckpointError(
+        f"cannot write checkpoint '{target}' ({reason or os.strerror(number)}; {kept}); check the folder, "
+        "then rerun the same command"
+    )
 
 
 def load_checkpoint(path: str | Path, *, expect_stage: str | tuple[str, ...] | None = None) -> dict[str, Any]:

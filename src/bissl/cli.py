@@ -1,7 +1,8 @@
 """``bissl <command> --config FILE|NAME --out DIR [key=value ...]``: one entry point for every stage.
 
 User errors end with one line on stderr and exit code 2 (``--debug`` shows the traceback); SIGTERM and
-SIGINT finish the current step, write a checkpoint and exit with 143 / 130.
+SIGINT finish the current step, write a checkpoint and exit with 143 / 130; Ctrl-C before the loop runs ends
+with one line and 130. A command that fails before doing any work leaves its --out folder as it found it.
 
 Two tables hold the commands: ``STAGES`` (commands that run a stage from a config into an ``--out`` folder) and
 ``TOOLS`` (commands that inspect or report). A new command is one entry in either.
@@ -10,6 +11,7 @@ Two tables hold the commands: ``STAGES`` (commands that run a stage from a confi
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import shutil
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bissl.errors import BisslError
+from bissl.errors import BisslError, NonFiniteError
 
 TOP_LEVEL_KEYS = "seed, device, precision, the checkpoint paths"
 
@@ -30,8 +32,9 @@ class Stage:
     """A command that runs ``module.function(config, run, stop=..., resume=...)`` into a run folder.
 
     ``sections`` are the config sections it reads (named in its --help; empty: every section); ``options`` adds
-    its own flags and ``flag_keys`` maps those flags to the config keys they set (put in front of the
-    key=value overrides)."""
+    its own flags and ``flag_keys`` maps those flags to the config keys they set (their values are taken
+    literally, never parsed as YAML; a key=value override of the same key wins). ``check`` names a
+    ``module.check(config, out)`` run before anything is written into --out."""
 
     module: str
     function: str
@@ -40,6 +43,7 @@ class Stage:
     needs_out: bool = True
     options: Callable[[argparse.ArgumentParser], None] | None = None
     flag_keys: dict[str, str] = field(default_factory=dict)
+    check: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,13 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _study_plan(args: argparse.Namespace) -> int:
+def _study_plan(args: argparse.Namespace, literal: dict[str, str]) -> int:
+    """``bissl study --plan``: print what remains to run; nothing is run or written."""
     from bissl.config import load_config
     from bissl.study import plan_study
 
-    print("\n".join(plan_study(load_config(args.config, args.overrides), Path(args.out))))
+    config = _with_literal_values(load_config(args.config, args.overrides), literal, args.overrides)
+    print("\n".join(plan_study(config, Path(args.out))))
     return 0
 
 
@@ -120,6 +126,7 @@ STAGES: dict[str, Stage] = {
         "compare",
         "baseline against BiSSL over seeds, with a report",
         (),
+        check="check_compare",
     ),
     "study": Stage(
         "bissl.study",
@@ -127,6 +134,7 @@ STAGES: dict[str, Stage] = {
         "named arms x pipeline seeds from one pretext checkpoint, with paired statistics and a report",
         (),
         options=_add_study_options,
+        check="check_study",
     ),
     "import": Stage(
         "bissl.train.import_checkpoint",
@@ -175,10 +183,13 @@ def _add_run_options(parser: argparse.ArgumentParser, needs_out: bool) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out (automatic when it holds a checkpoint of the same config)",
+        help="continue the run in --out, also under a changed config (automatic when it holds a checkpoint of "
+        "the same config)",
     )
     parser.add_argument(
-        "--force", action="store_true", help="reuse an --out folder that holds a run with a different config"
+        "--force",
+        action="store_true",
+        help="reuse an --out folder that holds a run with a different config, or files of no bissl run",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pretext.temperature=0.2"
@@ -190,7 +201,9 @@ def _add_run_options(parser: argparse.ArgumentParser, needs_out: bool) -> None:
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a folder written by 'bissl compare'")
+    parser.add_argument(
+        "run_dir", help="a folder written by 'bissl compare' (its results.json is read, not changed)"
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -285,7 +298,9 @@ CURVATURE_DESCRIPTION = (
 )
 
 TOOLS: dict[str, Tool] = {
-    "report": Tool("write report.html and results.json for a compare folder", _report_arguments, _report),
+    "report": Tool(
+        "rebuild report.html of a compare folder from its results.json", _report_arguments, _report
+    ),
     "study-doc": Tool(
         "write docs/evidence.md (and its figure) from a study's results.json",
         _study_doc_arguments,
@@ -338,25 +353,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_stage(module: str, function: str, args: argparse.Namespace, config_path: str | None) -> int:
+def _run_stage(
+    stage: Stage, args: argparse.Namespace, config_path: str | None, literal: dict[str, str]
+) -> int:
     from bissl import distributed
     from bissl.config import load_config
-    from bissl.runtime import GracefulStop, RunDir, close_tensorboard_logs
+    from bissl.runtime import GracefulStop, RunDir, close_tensorboard_logs, files_under
 
-    config = load_config(config_path, args.overrides)
+    config = _with_literal_values(load_config(config_path, args.overrides), literal, args.overrides)
+    out = _checked_out(args.out, resume=args.resume, force=args.force)
     device_type = "cuda" if config.device.startswith("cuda") else "cpu" if config.device == "cpu" else None
     distributed.init_from_env(device_type)
-    out = Path(args.out)
-    created = not out.exists()
+    created = _first_missing(out)
+    before = files_under(out) if distributed.is_main() else {}
+    folders = _folders_under(out) if distributed.is_main() else set()
+    configs = _config_texts(out, before)
     try:
+        module = importlib.import_module(stage.module)
+        if stage.check is not None:
+            getattr(module, stage.check)(config, out)
         resume = args.resume or (out / "config.yaml").is_file()
         run = RunDir(out, config, resume=args.resume, force=args.force)
-        stage: Callable[..., Any] = getattr(importlib.import_module(module), function)
+        function: Callable[..., Any] = getattr(module, stage.function)
         with GracefulStop() as stop:
-            stage(config, run, stop=stop, resume=resume)
-    except BisslError:
-        if created and distributed.is_main():
-            _remove_if_unused(out)
+            function(config, run, stop=stop, resume=resume)
+    except BaseException as error:
+        kept = _checkpoint_note(out, before) if isinstance(error, NonFiniteError) else None
+        if distributed.is_main():
+            _undo_setup(out, before, folders, configs, created)
+        if kept is not None:
+            raise NonFiniteError(f"{error}; {kept}") from None
         raise
     finally:
         close_tensorboard_logs()
@@ -364,16 +390,158 @@ def _run_stage(module: str, function: str, args: argparse.Namespace, config_path
     return 0
 
 
-def _remove_if_unused(out: Path) -> None:
-    """A folder this invocation created is removed after a user error if it holds nothing but its config and
-    data splits (no checkpoint, metrics or summary: no work is lost)."""
+def _with_literal_values(config: Any, values: dict[str, str], overrides: list[str]) -> Any:
+    """``config`` with the literal string ``values`` of command-line flags set (a key=value override of the
+    same key wins, as it comes later on the command line)."""
+    from bissl.config import config_from_dict, to_dict
 
-    def setup_only(path: Path) -> bool:
-        relative = path.relative_to(out)
-        return relative == Path("config.yaml") or relative.parts[0] == "splits"
+    overridden = {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+    values = {key: value for key, value in values.items() if key not in overridden}
+    if not values:
+        return config
+    data = to_dict(config)
+    for key, value in values.items():
+        *sections, last = key.split(".")
+        node = data
+        for part in sections:
+            node = node[part]
+        node[last] = value
+    return config_from_dict(data)
 
-    if out.is_dir() and all(setup_only(p) for p in out.rglob("*") if p.is_file()):
-        shutil.rmtree(out, ignore_errors=True)
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name (in bytes) the file system of ``path`` (or its nearest existing folder) allows."""
+    for folder in (path.absolute(), *path.absolute().parents):
+        try:
+            return int(os.pathconf(folder, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def _checked_out(text: str | None, *, resume: bool, force: bool) -> Path:
+    """The --out folder, refused in one line when it cannot hold this run: empty, a name too long, a file,
+    --resume of a folder without a run, or a non-empty folder of no bissl run (without --force)."""
+    if text is None or not text.strip():
+        raise BisslError("--out is empty; name the folder the run writes to, e.g. --out runs/first")
+    out = Path(text)
+    limit = _name_max(out)
+    for part in out.parts:
+        if len(os.fsencode(part)) > limit:
+            raise BisslError(
+                f"--out '{_short(text)}' has a name longer than the {limit} bytes a file name may have here; "
+                "choose a shorter --out"
+            )
+    try:
+        exists = out.exists()
+        if exists and not out.is_dir():
+            raise BisslError(f"--out '{text}' is a file, not a folder; choose another --out")
+        has_run = (out / "config.yaml").is_file()
+        foreign = exists and any(not entry.name.startswith(".") for entry in out.iterdir())
+    except OSError as exc:
+        raise BisslError(
+            f"--out '{_short(text)}' cannot be used ({exc.strerror}); choose another --out"
+        ) from None
+    if resume and not exists:
+        raise BisslError(
+            f"--resume: output folder '{text}' does not exist, so there is no run to resume; check --out, or "
+            "drop --resume to start a new run"
+        )
+    if resume and not has_run:
+        raise BisslError(
+            f"--resume: output folder '{text}' holds no bissl run (no config.yaml); check --out, or drop "
+            "--resume to start a new run"
+        )
+    if foreign and not has_run and not force:
+        raise BisslError(
+            f"output folder '{text}' is not empty and holds no bissl run (no config.yaml); choose another "
+            "--out, or pass --force to write into it"
+        )
+    return out
+
+
+def _config_texts(out: Path, state: dict[Path, tuple[int, int]]) -> dict[Path, str]:
+    """The text of every config.yaml under ``out`` (to restore them after a command that did no work)."""
+    texts = {}
+    for relative in state:
+        if relative.name == "config.yaml":
+            try:
+                texts[relative] = (out / relative).read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+    return texts
+
+
+def _first_missing(out: Path) -> Path | None:
+    """The outermost folder of ``out`` (``out`` itself or a parent) that does not exist yet: what creating
+    ``out`` adds; None when ``out`` exists."""
+    missing = None
+    for folder in (out, *out.parents):
+        if folder.exists() or folder == Path(folder.anchor or "."):
+            break
+        missing = folder
+    return missing
+
+
+def _folders_under(out: Path) -> set[Path]:
+    return {p for p in out.rglob("*") if p.is_dir()} if out.is_dir() else set()
+
+
+def _undo_setup(
+    out: Path,
+    before: dict[Path, tuple[int, int]],
+    folders: set[Path],
+    configs: dict[Path, str],
+    created: Path | None,
+) -> None:
+    """After a failed or interrupted command that did no work (no checkpoint, metrics, summary or result
+    written or changed), put --out back as it was: the folders it created are removed; otherwise the config.yaml
+    files and data splits it wrote are removed and the config.yaml files it rewrote are restored."""
+    from bissl.runtime import files_under, work_files
+
+    now = files_under(out)
+    if work_files(now) != work_files(before):
+        return
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for relative in now:
+        if relative not in before:
+            (out / relative).unlink(missing_ok=True)
+    for relative, text in configs.items():
+        target = out / relative
+        try:
+            if target.read_text() != text:
+                target.write_text(text)
+        except OSError:
+            continue
+    for folder in sorted(_folders_under(out) - folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            continue
+
+
+def _checkpoint_note(out: Path, before: dict[Path, tuple[int, int]]) -> str:
+    """What a run stopped by non-finite values keeps: the checkpoint it wrote last, or that it wrote none."""
+    from bissl.runtime import files_under
+
+    checkpoints = {
+        relative: stamp
+        for relative, stamp in files_under(out).items()
+        if relative.suffix == ".pt" and "checkpoints" in relative.parts
+    }
+    written = [relative for relative, stamp in checkpoints.items() if before.get(relative) != stamp]
+    if written:
+        newest = max(written, key=lambda relative: checkpoints[relative][0])
+        return f"the last good checkpoint, {out / newest}, is kept"
+    if checkpoints:
+        return "no new checkpoint was written (the earlier ones are kept)"
+    return "no checkpoint was written, so none is kept"
 
 
 def describe_datasets(root: str | None) -> str:
@@ -402,7 +570,27 @@ def describe_shipped_configs() -> str:
     return "\n".join(lines)
 
 
+# OS errors that the user fixes (space, permissions, names): one line instead of a traceback.
+USER_OS_ERRORS = {
+    errno.ENOSPC: "free space, then rerun the same command",
+    errno.EDQUOT: "free space, then rerun the same command",
+    errno.EROFS: "make it writable or choose another folder",
+    errno.EACCES: "make it writable or choose another folder",
+    errno.EPERM: "make it writable or choose another folder",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (2 for a user error, 130 when interrupted by Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("bissl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quiet:
@@ -417,15 +605,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in TOOLS:
             return TOOLS[args.command].run(args)
         if args.command == "demo":
-            return _run_stage("bissl.experiment", "compare", args, "demo-quick" if args.quick else "demo")
+            return _run_stage(STAGES["compare"], args, "demo-quick" if args.quick else "demo", {})
         stage = STAGES[args.command]
-        flags = [
-            f"{key}={getattr(args, flag)}" for flag, key in stage.flag_keys.items() if getattr(args, flag)
-        ]
-        args.overrides = [*flags, *args.overrides]
+        literal = {key: getattr(args, flag) for flag, key in stage.flag_keys.items() if getattr(args, flag)}
         if args.command == "study" and args.plan:
-            return _study_plan(args)
-        return _run_stage(stage.module, stage.function, args, args.config)
+            return _study_plan(args, literal)
+        return _run_stage(stage, args, args.config, literal)
     except StopRequested as stop:
         if distributed.is_main():
             print(f"bissl: {stop}; checkpoint written, rerun the same command to resume", file=sys.stderr)
@@ -435,9 +620,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"bissl: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("bissl: interrupted", file=sys.stderr)
-        return 130
+    except OSError as error:
+        if error.errno not in USER_OS_ERRORS:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        where = f" ('{error.filename}')" if error.filename else ""
+        print(f"bissl: error: {error.strerror}{where}; {USER_OS_ERRORS[error.errno]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ report.html are rewritten, so a partial study can be read at any time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from typing import Any
 
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import ConfigError
-from bissl.experiment import TIMINGS_FILE, Parts, read_summary
+from bissl.experiment import PART_READS, TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
 from bissl.runtime import GracefulStop, RunDir
 
 RESULTS_FILE = "results.json"
@@ -163,8 +162,12 @@ def run_arm(parts: Parts, config: Config, arm: StudyArm, seed: int, pretext: str
     resolved = arm_config(config, arm, seed=seed, pretext=pretext)
     backbone: str | None = None if arm.init == "random" else pretext
     if arm.extra_pretext:
-        longer = extra_pretext_config(resolved, pretext)
-        parts.run(f"{prefix}/extra-pretext", folder / "extra-pretext", longer, pretrain)
+        # in a dry pass the config is needed only to check a finished part (its step count may need the data)
+        if not parts.dry or read_summary(folder / "extra-pretext") is not None:
+            longer = extra_pretext_config(resolved, pretext)
+            parts.run(f"{prefix}/extra-pretext", folder / "extra-pretext", longer, pretrain)
+        else:
+            parts.pending(f"{prefix}/extra-pretext", folder / "extra-pretext")
         backbone = str(folder / "extra-pretext" / "backbone.pt")
     if arm.bilevel:
         parts.run(f"{prefix}/warmup", folder / "warmup", resolved, warmup)
@@ -235,17 +238,35 @@ def _reference_arm(study: StudyConfig) -> StudyArm:
     return next(arm for arm in study.arms if arm.name == study.reference)
 
 
+def check_study(config: Config, out: Path) -> None:
+    """Refuse, before anything is written, a study with a bad study section or whose finished parts in ``out``
+    were run under other values of the keys they read (naming the first such part and key)."""
+    validate_study(config)
+    from bissl.train.data_sources import check_downstream
+
+    check_downstream(config)  # a bad downstream set is refused before the pretraining, not after it
+    walk_parts(Parts(out, GracefulStop(), "study", dry=True), config)
+
+
+def walk_parts(parts: Parts, config: Config) -> None:
+    """Every part of the study in run order, through ``parts`` (a dry or planning walk runs nothing)."""
+    pretext = _pretext_part(parts, config, parts.root)
+    for seed in config.study.pipeline_seeds:
+        for arm in arm_order(config.study):
+            if seed in arm_seeds(config.study, arm):
+                run_arm(parts, config, arm, seed, pretext)
+                if arm.name == config.study.reference and config.study.bn_control:
+                    run_bn_control(parts, config, seed, pretext)
+
+
 def study(
     config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
 ) -> dict[str, Any]:
     """Run every arm at every pipeline seed (seed-major, so finished seeds pair across arms), the BatchNorm
     control, the statistics; rewrite results.json and report.html after each arm and seed."""
-    validate_study(config)
-    from bissl.train.data_sources import check_downstream
-
-    check_downstream(config)  # a bad downstream set is refused before the pretraining, not after it
     stop = stop or GracefulStop()
     root = run.path
+    check_study(config, root)
     parts = Parts(root, stop, "study")
     pretext = _pretext_part(parts, config, root)
     results = collect_results(config, root, pretext)
@@ -263,9 +284,7 @@ def study(
 
     print(format_table(results))
     print(f"report: {root / 'report.html'}")
-    run.write_summary(
-        {"stage": "study", "results": str(root / RESULTS_FILE), "complete": results["complete"]}
-    )
+    run.write_summary({"stage": "study", "results": RESULTS_FILE, "complete": results["complete"]})
     return results
 
 
@@ -273,11 +292,11 @@ class PlannedParts(Parts):
     """Walks a study without running anything: every part is recorded as finished or still to run."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root, GracefulStop(), "study")
+        super().__init__(root, GracefulStop(), "study", dry=True)
         self.rows: list[tuple[str, bool]] = []
 
     def run(self, name: str, folder: Path, config: Config, stage: Any) -> dict[str, Any]:
-        done = self.done(name, folder, config)
+        done = self.done(name, folder, config, PART_READS.get(getattr(stage, "__name__", "")))
         self.rows.append((name, done is not None))
         return done or {}
 
@@ -309,13 +328,7 @@ def plan_study(config: Config, root: Path) -> list[str]:
     finished parts, and their total; nothing is run and nothing is written."""
     validate_study(config)
     parts = PlannedParts(root)
-    pretext = _pretext_part(parts, config, root)
-    for seed in config.study.pipeline_seeds:
-        for arm in arm_order(config.study):
-            if seed in arm_seeds(config.study, arm):
-                run_arm(parts, config, arm, seed, pretext)
-                if arm.name == config.study.reference and config.study.bn_control:
-                    run_bn_control(parts, config, seed, pretext)
+    walk_parts(parts, config)
     todo = [name for name, done in parts.rows if not done]
     lines = [f"{len(parts.rows) - len(todo)} of {len(parts.rows)} parts finished; to run:"]
     known = 0.0
@@ -425,9 +438,7 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
 
     study_config = config.study
     metric = "test_top1"
-    timings: dict[str, float] = (
-        json.loads((root / TIMINGS_FILE).read_text()) if (root / TIMINGS_FILE).is_file() else {}
-    )
+    timings = read_timings(root / TIMINGS_FILE)
     shared_metric = f"{metric}_shared"
     shared_mode = study_config.shared_hyperparameters
     arms: dict[str, Any] = {}
@@ -507,7 +518,7 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
         "reference": study_config.reference,
         "pipeline_seeds": list(study_config.pipeline_seeds),
         "finetune_seeds": config.search.seeds,
-        "pretext_checkpoint": pretext,
+        "pretext_checkpoint": relative_to_run(pretext, root),
         "arms": arms,
         "controls": controls,
         "comparison": comparison,

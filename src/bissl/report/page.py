@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bissl.errors import BisslError
 from bissl.report.curvature import curvature_section
 from bissl.report.curves import curves_section
 from bissl.report.markup import STYLE, config_yaml, escape, section_html
@@ -41,11 +42,20 @@ def write_report(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    document = render_report(results, run_dir)
     output = run_dir / REPORT_FILE
+    if output.is_dir():
+        raise BisslError(f"{output} is a folder; remove or rename it, then rerun 'bissl report {run_dir}'")
+    document = render_report(results, run_dir)
     temporary = output.with_name(output.name + ".tmp")
-    temporary.write_text(document, encoding="utf-8")
-    temporary.replace(output)
+    try:
+        temporary.write_text(document, encoding="utf-8")
+        temporary.replace(output)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise BisslError(
+            f"cannot write {output} ({error.strerror}); make {run_dir} writable (or copy it elsewhere), "
+            f"then rerun 'bissl report {run_dir}'"
+        ) from None
     return output
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +150,49 @@ def format_curvature(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def curvature_command(config: Config, out: str | None = None) -> list[str]:
-    """Measure, format, and with ``out`` write ``out/curvature.json``; returns the printed lines."""
-    result = measure_curvature(config)
-    lines = format_curvature(result)
-    if out is not None:
-        folder = Path(out)
+def _output_folder(out: str) -> tuple[Path, bool]:
+    """The --out folder of ``curvature``, checked before any computing: not empty, not a file, writable.
+    Returns it and whether this call created it."""
+    if not out.strip():
+        raise ConfigError("--out is empty; name the folder curvature.json is written to, or leave --out out")
+    folder = Path(out)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(
+                f"--out '{out}' is a file; curvature writes DIR/{OUTPUT_FILE}: pass a folder, or leave --out out"
+            )
+        if (folder / OUTPUT_FILE).is_dir():
+            raise ConfigError(
+                f"'{folder / OUTPUT_FILE}' is a folder; remove or rename it, or choose another --out"
+            )
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError as exc:
+        raise ConfigError(f"--out '{out}' cannot be used ({exc.strerror}); choose another --out") from None
+    if not writable:
+        raise ConfigError(f"--out '{out}' is not writable; choose another --out")
+    return folder, created
+
+
+def curvature_command(config: Config, out: str | None = None) -> list[str]:
+    """Measure, format, and with ``out`` write ``out/curvature.json``; returns the printed lines. ``out`` is
+    checked before the measurement, and a folder created for it is removed when the measurement fails."""
+    folder, created = _output_folder(out) if out is not None else (None, False)
+    try:
+        result = measure_curvature(config)
+    except BaseException:
+        if folder is not None and created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    lines = format_curvature(result)
+    if folder is not None:
         target = folder / OUTPUT_FILE
         temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(json.dumps(result, indent=2) + "\n")
-        temporary.replace(target)
+        try:
+            temporary.write_text(json.dumps(result, indent=2) + "\n")
+            temporary.replace(target)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write '{target}' ({exc.strerror}); choose another --out") from None
     return lines
