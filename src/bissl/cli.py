@@ -269,9 +269,11 @@ def _curvature_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _curvature(args: argparse.Namespace) -> int:
     from bissl.config import load_config
+    from bissl.data.registry import keep_listings
     from bissl.train.curvature import curvature_command
 
-    print("\n".join(curvature_command(load_config(args.config, args.overrides), args.out)))
+    with keep_listings():  # the pretext and downstream sets share one listing of a folder
+        print("\n".join(curvature_command(load_config(args.config, args.overrides), args.out)))
     return 0
 
 
@@ -341,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_stage(module: str, function: str, args: argparse.Namespace, config_path: str | None) -> int:
     from bissl import distributed
     from bissl.config import load_config
+    from bissl.data.registry import keep_listings
     from bissl.runtime import GracefulStop, RunDir, close_tensorboard_logs
 
     config = load_config(config_path, args.overrides)
@@ -352,7 +355,7 @@ def _run_stage(module: str, function: str, args: argparse.Namespace, config_path
         resume = args.resume or (out / "config.yaml").is_file()
         run = RunDir(out, config, resume=args.resume, force=args.force)
         stage: Callable[..., Any] = getattr(importlib.import_module(module), function)
-        with GracefulStop() as stop:
+        with GracefulStop() as stop, keep_listings():  # each dataset folder is listed once per run
             stage(config, run, stop=stop, resume=resume)
     except BisslError:
         if created and distributed.is_main():
