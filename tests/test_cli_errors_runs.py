@@ -474,3 +474,27 @@ def test_main_module_turns_ctrl_c_during_import_into_130(tmp_path: Path) -> None
     )
     assert process.returncode == 130, process.stderr
     assert process.stderr.strip() == "bissl: interrupted"
+
+
+def test_a_closed_stdout_ends_the_listing_quietly() -> None:
+    """``bissl data list | head -1``: when the reader of stdout has gone, no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    child = (
+        "import os, sys\n"
+        "read, write = os.pipe()\n"
+        "os.close(read)\n"  # a reader that has already gone: every write fails with EPIPE
+        "os.dup2(write, 1)\n"
+        "from bissl.cli import main\n"
+        "sys.exit(main(['data', 'list']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

@@ -233,6 +233,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
+    from bissl.data.registry import describe_datasets
+
     print(describe_datasets(args.root))
     return 0
 
@@ -282,9 +284,11 @@ def _curvature_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _curvature(args: argparse.Namespace) -> int:
     from bissl.config import load_config
+    from bissl.data.registry import keep_listings
     from bissl.train.curvature import curvature_command
 
-    print("\n".join(curvature_command(load_config(args.config, args.overrides), args.out)))
+    with keep_listings():  # the pretext and downstream sets share one listing of a folder
+        print("\n".join(curvature_command(load_config(args.config, args.overrides), args.out)))
     return 0
 
 
@@ -358,6 +362,7 @@ def _run_stage(
 ) -> int:
     from bissl import distributed
     from bissl.config import load_config
+    from bissl.data.registry import keep_listings
     from bissl.runtime import GracefulStop, RunDir, close_tensorboard_logs, files_under
 
     config = _with_literal_values(load_config(config_path, args.overrides), literal, args.overrides)
@@ -369,14 +374,15 @@ def _run_stage(
     folders = _folders_under(out) if distributed.is_main() else set()
     configs = _config_texts(out, before)
     try:
-        module = importlib.import_module(stage.module)
-        if stage.check is not None:
-            getattr(module, stage.check)(config, out)
-        resume = args.resume or (out / "config.yaml").is_file()
-        run = RunDir(out, config, resume=args.resume, force=args.force)
-        function: Callable[..., Any] = getattr(module, stage.function)
-        with GracefulStop() as stop:
-            function(config, run, stop=stop, resume=resume)
+        with keep_listings():  # each dataset folder is listed once per run, checks included
+            module = importlib.import_module(stage.module)
+            if stage.check is not None:
+                getattr(module, stage.check)(config, out)
+            resume = args.resume or (out / "config.yaml").is_file()
+            run = RunDir(out, config, resume=args.resume, force=args.force)
+            function: Callable[..., Any] = getattr(module, stage.function)
+            with GracefulStop() as stop:
+                function(config, run, stop=stop, resume=resume)
     except BaseException as error:
         kept = _checkpoint_note(out, before) if isinstance(error, NonFiniteError) else None
         if distributed.is_main():
@@ -544,19 +550,6 @@ def _checkpoint_note(out: Path, before: dict[Path, tuple[int, int]]) -> str:
     return "no checkpoint was written, so none is kept"
 
 
-def describe_datasets(root: str | None) -> str:
-    """One line per registered dataset: name, present or not, where it is looked for."""
-    from bissl.data.registry import DATASETS
-
-    lines = []
-    for name in sorted(DATASETS):
-        info = DATASETS[name]
-        state = "present" if info.is_present(root) else "missing"
-        lines.append(f"{name:<16} {state:<8} {info.description}")
-        lines.extend(f"{'':<25} looks in: {place}" for place in info.where(root))
-    return "\n".join(lines)
-
-
 def describe_shipped_configs() -> str:
     """One line per shipped config: its name (what --config takes) and its description."""
     from bissl.config import SHIPPED_CONFIGS, config_description, shipped_configs
@@ -588,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bissl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (``bissl data list | head``): stop quietly, as command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def _main(argv: list[str] | None) -> int:

@@ -16,7 +16,6 @@ import scipy.io
 import torch
 from PIL import Image
 
-from bissl.cli import describe_datasets
 from bissl.config import load_config
 from bissl.data import folder_stream, torchvision_sets
 from bissl.data.augment import TwoViewAugment
@@ -28,7 +27,7 @@ from bissl.data.folder_stream import (
     center_box,
     random_resized_box,
 )
-from bissl.data.registry import DATASETS, TensorDataset, load_dataset
+from bissl.data.registry import DATASETS, TensorDataset, describe_datasets, load_dataset
 from bissl.data.stream import BatchStream
 from bissl.data.torchvision_sets import (
     VOC_CLASSES,

@@ -1,8 +1,10 @@
 """Data: named datasets in memory as uint8 tensors, seeded splits, batched view augmentations, streams.
 
-The registry (:mod:`bissl.data.registry`) holds the dataset type and the names; the embedded sets
-(:mod:`bissl.data.embedded`) and the torchvision layouts and image folders (:mod:`bissl.data.torchvision_sets`)
-register into it. Importing this package imports both, so every name is registered before a lookup.
+The registry (:mod:`bissl.data.registry`) holds the dataset type and the names, and is the one lookup; the
+embedded sets (:mod:`bissl.data.embedded`) and the torchvision layouts and image folders
+(:mod:`bissl.data.torchvision_sets`, read by :mod:`bissl.data.layout_readers`, found by
+:mod:`bissl.data.locations`, decoded once into :mod:`bissl.data.decode_cache`) register into it. Importing
+this package imports both, so every name is registered before a lookup.
 """
 
 from bissl.data import embedded, torchvision_sets

@@ -2,15 +2,18 @@
 
 Every set (the embedded ones in :mod:`bissl.data.embedded`, the torchvision layouts and image folders in
 :mod:`bissl.data.torchvision_sets`) registers into :data:`DATASETS` here; the package ``bissl.data`` imports
-both, so every name is registered before a lookup.
+both, so every name is registered before a lookup. Names of a pattern (``folder:PATH``) are registered on
+first lookup (:func:`dataset_info`). Code outside ``bissl.data`` looks datasets up here only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -170,12 +173,44 @@ SizedLoader = Callable[[str, str | None, bool, int], TensorDataset]
 
 
 @dataclass(frozen=True)
+class ImageList:
+    """The files of one split and their labels: (N,) int64, or (N, K) float32 multi-hot."""
+
+    files: list[str]
+    labels: torch.Tensor
+    num_classes: int
+    multilabel: bool = False
+
+
+Lister = Callable[[Path, str], ImageList]
+Reader = Callable[[Path, str], TensorDataset]
+Downloader = Callable[[str], None]
+InMemory = bool | Literal["auto"]
+# Bound per photo set by the module that defines it (the first three arguments: split, root, download); a
+# disk loader returns a bissl.data.folder_stream.DiskDataset.
+FileLister = Callable[[str, str | None, bool], ImageList]
+DiskLoader = Callable[[str, str | None, bool, int | None, int, int | None], Any]
+DiskChoice = Callable[[int, InMemory, str | None, bool], bool]
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """A named dataset: what it is, where it is looked for, whether it is there, and how to load a split.
 
     ``loader(split, root, download)`` returns the split at native size; :func:`load_dataset` resizes and
     subsamples. Photo sets of many image sizes give ``sized_loader(split, root, download, image_size)``, used
-    whenever an image size is asked for. ``splits`` lists the splits the dataset has.
+    whenever an image size is asked for. ``splits`` lists the splits the dataset has; a ``val`` among them is
+    the dataset's own validation split (:attr:`official_val`).
+
+    A set stored as files (:mod:`bissl.data.torchvision_sets`) also says where it lives and how it is read:
+    ``folder`` under each data root, complete when it holds ``marker`` (an image folder's own path is
+    ``fixed_root``, the one place searched); ``lister(folder, split)`` lists a photo set's files and labels,
+    ``reader(folder, split)`` reads a set stored as arrays; ``download(target)`` fetches it when it can be,
+    ``hint`` says how to get it otherwise; with ``detect_grey`` it loads as grey when every image is.
+    A photo set binds ``list_files(split, root, download)`` (its folder found, or downloaded when allowed,
+    then listed), ``disk_loader(split, root, download, limit, seed, channels)`` (the split as files read per
+    batch) and ``disk_choice(image_size, in_memory, root, download)`` (whether its train split is read from
+    disk); :func:`list_images`, :func:`disk_dataset` and :func:`reads_from_disk` reach them by name.
     """
 
     name: str
@@ -185,6 +220,17 @@ class DatasetInfo:
     presence: Callable[[str | None], bool]
     splits: tuple[str, ...] = SPLITS
     sized_loader: SizedLoader | None = None
+    folder: str = ""
+    marker: str = ""
+    fixed_root: str | None = None
+    lister: Lister | None = None
+    reader: Reader | None = None
+    download: Downloader | None = None
+    hint: str = ""
+    detect_grey: bool = False
+    list_files: FileLister | None = None
+    disk_loader: DiskLoader | None = None
+    disk_choice: DiskChoice | None = None
 
     def where(self, root: str | None = None) -> list[str]:
         """Every place this dataset is looked for, in order."""
@@ -194,8 +240,25 @@ class DatasetInfo:
         """True when the dataset can be loaded without a download."""
         return self.presence(root)
 
+    @property
+    def official_val(self) -> bool:
+        """Whether the dataset ships its own validation split (then no seeded split is drawn)."""
+        return "val" in self.splits
+
+    @property
+    def photos(self) -> bool:
+        """Whether the dataset is image files (decoded per image) rather than arrays or generated."""
+        return self.lister is not None
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the dataset is read from files under a data root (or its own folder)."""
+        return self.lister is not None or self.reader is not None
+
 
 DATASETS: dict[str, DatasetInfo] = {}
+# Name patterns: a prefix and what makes the entry of a name that starts with it (folder:PATH).
+NAME_PATTERNS: dict[str, Callable[[str], DatasetInfo]] = {}
 
 
 def register_dataset(info: DatasetInfo, *, replace_existing: bool = False) -> DatasetInfo:
@@ -206,9 +269,35 @@ def register_dataset(info: DatasetInfo, *, replace_existing: bool = False) -> Da
     return info
 
 
+def register_name_pattern(prefix: str, make: Callable[[str], DatasetInfo]) -> None:
+    """Let every name that starts with ``prefix`` be registered on its first lookup, as ``make(name)``."""
+    NAME_PATTERNS[prefix] = make
+
+
 def dataset_names() -> list[str]:
     """Registered dataset names, sorted."""
     return sorted(DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The entry of ``name``. A name of a registered pattern (``folder:PATH``) is registered on first use, so it
+    resolves as any other name; an unknown name stops with the list of known ones."""
+    if name in DATASETS:
+        return DATASETS[name]
+    for prefix, make in NAME_PATTERNS.items():
+        if name.startswith(prefix):
+            return register_dataset(make(name))
+    raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+
+
+def has_official_val(name: str) -> bool:
+    """Whether the dataset ships its own validation split (then no seeded split is drawn)."""
+    return dataset_info(name).official_val
+
+
+def is_photo_set(name: str) -> bool:
+    """Whether the dataset is image files (decoded per image) rather than arrays."""
+    return dataset_info(name).photos
 
 
 def load_dataset(
@@ -228,9 +317,7 @@ def load_dataset(
     ``image_size`` resizes once on load (bilinear, antialiased) when it differs from the native size;
     ``channels`` (1 or 3) converts the images (see :func:`convert_channels`), None keeps the dataset's own.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    info = DATASETS[name]
+    info = dataset_info(name)
     if split not in info.splits:
         raise DataError(f"dataset split {split!r} is not one of {', '.join(info.splits)}")
     if limit is not None and limit < 1:
@@ -250,6 +337,102 @@ def load_dataset(
     if channels is not None:
         dataset = convert_channels(dataset, channels)
     return dataset
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Photo sets: their files, and reading them from disk
+
+
+def _photo_set(name: str) -> DatasetInfo:
+    info = dataset_info(name)
+    if not info.on_disk:
+        raise DataError(f"dataset {name!r} is not read from files")
+    if not info.photos:
+        raise DataError(f"dataset {name!r} is stored as arrays, not image files")
+    return info
+
+
+def list_images(name: str, split: str, root: str | None = None, download: bool = False) -> ImageList:
+    """The files and labels of ``split`` of a photo set (its folders are listed once per run, see
+    :func:`keep_listings`)."""
+    list_files = _photo_set(name).list_files
+    if list_files is None:
+        raise DataError(f"dataset {name!r} does not list its files")
+    return list_files(split, root, download)
+
+
+def disk_dataset(
+    name: str,
+    split: str,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+    channels: int | None = None,
+) -> Any:
+    """A photo set's split as files read when needed (a :class:`bissl.data.folder_stream.DiskDataset`);
+    ``limit`` keeps a seeded random subset (in order); ``channels`` None decodes to the set's own."""
+    disk_loader = _photo_set(name).disk_loader
+    if disk_loader is None:
+        raise DataError(f"dataset {name!r} is not read from disk batch by batch")
+    return disk_loader(split, root, download, limit, seed, channels)
+
+
+def reads_from_disk(
+    name: str, image_size: int, in_memory: InMemory, root: str | None, download: bool
+) -> bool:
+    """Whether the train split of ``name`` is read per batch from disk rather than decoded into memory: never
+    for a set that is not image files; else as ``in_memory`` says (by size for "auto")."""
+    disk_choice = dataset_info(name).disk_choice
+    return disk_choice is not None and disk_choice(image_size, in_memory, root, download)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Listing a folder once per run
+
+T = TypeVar("T")
+
+
+class _Listings:
+    """The folder listings kept while a run goes on: None outside :func:`keep_listings`."""
+
+    kept: dict[Hashable, Any] | None = None
+
+
+_LISTINGS = _Listings()
+
+
+@contextmanager
+def keep_listings() -> Iterator[None]:
+    """Within this block (one run) every folder a dataset reads is listed once and the listing reused, so the
+    check of a set, the loading of each split and the detection of its channels see the same files. Blocks
+    nest (the outermost one keeps the listings) and serve as a function decorator too; outside any block every
+    lookup lists afresh, so a folder changed between two runs of one process is seen as it is."""
+    if _LISTINGS.kept is not None:
+        yield
+        return
+    _LISTINGS.kept = {}
+    try:
+        yield
+    finally:
+        _LISTINGS.kept = None
+
+
+def keeps_listings() -> bool:
+    """Whether a :func:`keep_listings` block is open."""
+    return _LISTINGS.kept is not None
+
+
+def kept_listing(key: Hashable, make: Callable[[], T]) -> T:
+    """``make()``; inside a :func:`keep_listings` block, made once per ``key`` and reused."""
+    kept = _LISTINGS.kept
+    if kept is None:
+        return make()
+    if key not in kept:
+        kept[key] = make()
+    value: T = kept[key]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Reading data from a config: the pretext and downstream datasets (in memory or from disk), the pretext
-batch stream, and the two-view and downstream augmentations."""
+batch stream, and the two-view and downstream augmentations. Datasets are looked up in the registry
+(:mod:`bissl.data.registry`) only; each function here lists a dataset's folders once (``keep_listings``), and
+inside a run (the command line's) they share one listing."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 
 from bissl.config import Config
-from bissl.data import torchvision_sets
+from bissl.data import registry
 from bissl.data.augment import DownstreamAugment, TwoViewAugment, ViewOptions
 from bissl.data.folder_stream import CropOptions, DiskDataset, LoaderStream
 from bissl.data.registry import TensorDataset, load_dataset
@@ -18,12 +20,12 @@ from bissl.downstream import DownstreamTask
 from bissl.errors import DataError
 
 
+@registry.keep_listings()
 def load_data(config: Config, which: str, split: str) -> TensorDataset:
     """The pretext (``which="pretext"``) or downstream dataset's split, as configured."""
     data = config.data
     name = data.pretext if which == "pretext" else data.downstream
     limit = data.pretext_limit if which == "pretext" else data.downstream_limit
-    torchvision_sets.ensure_registered(name)
     if which == "pretext" and pretext_on_disk(config):
         raise DataError(
             f"pretext set {name!r} is read from disk batch by batch at this size (data.in_memory="
@@ -50,18 +52,16 @@ def forced_channels(config: Config) -> int | None:
 def pretext_on_disk(config: Config) -> bool:
     """Whether the pretext set is read per batch from disk (data.in_memory, or by size when "auto")."""
     data = config.data
-    return torchvision_sets.reads_from_disk(
-        data.pretext, data.image_size, data.in_memory, data.root, data.download
-    )
+    return registry.reads_from_disk(data.pretext, data.image_size, data.in_memory, data.root, data.download)
 
 
+@registry.keep_listings()
 def load_pretext_source(config: Config) -> TensorDataset | DiskDataset:
     """The pretext train split: decoded in memory, or image files read per batch when too large for memory."""
     data = config.data
-    torchvision_sets.ensure_registered(data.pretext)
     if not pretext_on_disk(config):
         return load_data(config, "pretext", "train")
-    return torchvision_sets.disk_dataset(
+    source: DiskDataset = registry.disk_dataset(
         data.pretext,
         "train",
         root=data.root,
@@ -70,6 +70,7 @@ def load_pretext_source(config: Config) -> TensorDataset | DiskDataset:
         seed=data.split_seed,
         channels=forced_channels(config),
     )
+    return source
 
 
 def pretext_stream(
@@ -110,7 +111,7 @@ def _pair(values: list[float]) -> tuple[float, float]:
 
 
 def make_two_view(config: Config, dataset: TensorDataset | DiskDataset) -> TwoViewAugment:
-    """The SPEC §5 two-view augmentation for ``dataset``'s images."""
+    """The two-view augmentation (docs/data.md) for ``dataset``'s images."""
     aug = config.augment
     return TwoViewAugment(
         image_size=config.data.image_size,
@@ -140,6 +141,7 @@ def make_downstream_augment(config: Config, dataset: TensorDataset) -> Downstrea
     )
 
 
+@registry.keep_listings()
 def check_downstream(config: Config) -> None:
     """Refuse, with one line, a downstream set that cannot train and score a classifier: fewer than 2 classes,
     test images of a class without training images (image folders), or a ``data.downstream_limit`` that keeps
@@ -147,16 +149,16 @@ def check_downstream(config: Config) -> None:
     (nothing is decoded), so this is cheap enough to call before any training starts."""
     data = config.data
     name = data.downstream
-    torchvision_sets.ensure_registered(name)
-    if not torchvision_sets.is_photo_set(name):
+    info = registry.dataset_info(name)
+    if not info.photos:
         dataset = load_dataset(name, "train", root=data.root, download=data.download)
         _check_counts(config, dataset.num_classes, dataset.multilabel, len(dataset))
         return
-    listing = torchvision_sets.list_images(name, "train", data.root, data.download)
-    for split in torchvision_sets.spec_for(name).splits:
+    listing = registry.list_images(name, "train", data.root, data.download)
+    for split in info.splits:
         if split != "train":
-            torchvision_sets.list_images(name, split, data.root, data.download)
-    if not listing.multilabel and name.startswith(torchvision_sets.FOLDER_PREFIX):
+            registry.list_images(name, split, data.root, data.download)
+    if not listing.multilabel and info.fixed_root is not None:
         present = sorted({Path(file).parent.name for file in listing.files})
         if len(present) < 2:
             train = Path(listing.files[0]).parent.parent
@@ -186,7 +188,7 @@ def _check_counts(config: Config, classes: int, multilabel: bool, size: int) -> 
         )
     if limit is None or size < limit:
         return  # no limit, or one that keeps every image
-    official_val = torchvision_sets.has_official_val(name)
+    official_val = registry.has_official_val(name)
     fraction = 0.0 if official_val else data.val_fraction
 
     def fits(count: int) -> bool:
@@ -212,19 +214,21 @@ def _check_counts(config: Config, classes: int, multilabel: bool, size: int) -> 
     )
 
 
+@registry.keep_listings()
 def downstream_data(config: Config, run_path: Path | None) -> tuple[dict[str, TensorDataset], DownstreamTask]:
     """Downstream train/val/test: the dataset's own validation split when it has one, else the train split
     divided by a seeded (stratified) split that is written to the run folder and reused; its own test split.
-    Photo sets are checked (:func:`check_downstream`) before anything is decoded or written."""
+    Photo sets are checked (:func:`check_downstream`) before anything is decoded or written; the check and the
+    loads share one listing of the set's folders."""
     from bissl.data.splits import split_dataset
 
-    photos = torchvision_sets.is_photo_set(config.data.downstream)
+    photos = registry.is_photo_set(config.data.downstream)
     if photos:
         check_downstream(config)
     full = load_data(config, "downstream", "train")
     if not photos:
         _check_counts(config, full.num_classes, full.multilabel, len(full))
-    if torchvision_sets.has_official_val(config.data.downstream):
+    if registry.has_official_val(config.data.downstream):
         train, val = full, load_data(config, "downstream", "val")
     else:
         name = config.data.downstream.replace("/", "_").replace(":", "_")
