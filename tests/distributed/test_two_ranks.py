@@ -320,7 +320,7 @@ def search_protocol(rank: int, out: Path) -> dict[str, Any]:
         value = float("nan") if config.search.study_name == "diverging" else 100 * setting[0]
         return {"best": {"val_top1": value, "epoch": 1}, "last": {}, "seconds": 0.0, "primary_metric": "top1"}
 
-    search.run_finetune = fine_tune  # type: ignore[assignment]
+    search.fit.run_finetune = fine_tune  # type: ignore[assignment]
     config = Config(search=SearchConfig(trials=3, epochs=1, study_name="protocol"))
     result = search.run_search(config, out / "search")
     trials = list(calls)

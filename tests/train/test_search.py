@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-import bissl.train.search as search_module
+import bissl.train.search.fit as fit_module
+import bissl.train.search.seeds as seeds_module
 from bissl.config import Config, load_config
 from bissl.errors import BisslError, NonFiniteError
 from bissl.runtime import GracefulStop, RunDir, StopRequested
@@ -84,7 +86,7 @@ def test_interrupted_search_runs_only_the_missing_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = RecordingFinetune(peaked_score)
-    monkeypatch.setattr(search_module, "run_finetune", recorder)
+    monkeypatch.setattr(fit_module, "run_finetune", recorder)
     first = run_search(tiny_config("search.trials=2"), tmp_path)
     assert len(recorder.calls) == 2 and first["finished"] == 2
     study = open_study(tiny_config("search.trials=4"), tmp_path)
@@ -128,7 +130,7 @@ def test_stop_during_a_trial_resumes_it_from_its_checkpoint(
         return run_finetune(config, run, **kwargs)
 
     recorder.stand_in = stop_in_second_trial
-    monkeypatch.setattr(search_module, "run_finetune", recorder)
+    monkeypatch.setattr(fit_module, "run_finetune", recorder)
     with pytest.raises(StopRequested):
         run_search(config, tmp_path, stop=stop)
     checkpoint = tmp_path / "trials" / "trial-0001" / "checkpoints" / "last.pt"
@@ -154,7 +156,7 @@ def test_stop_during_a_trial_resumes_it_from_its_checkpoint(
 def test_settings_are_seeded_per_trial_and_lie_in_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search_module, "run_finetune", RecordingFinetune(peaked_score))
+    monkeypatch.setattr(fit_module, "run_finetune", RecordingFinetune(peaked_score))
     run_search(tiny_config("search.trials=2"), tmp_path / "split")
     in_two_parts = run_search(tiny_config("search.trials=3"), tmp_path / "split")
     at_once = run_search(tiny_config("search.trials=3"), tmp_path / "whole")
@@ -176,7 +178,7 @@ def test_diverged_trials_count_as_finished_but_never_win(
         return peaked_score(config, run, **kwargs)
 
     recorder = RecordingFinetune(diverges_above_1e_2)
-    monkeypatch.setattr(search_module, "run_finetune", recorder)
+    monkeypatch.setattr(fit_module, "run_finetune", recorder)
     result = run_search(tiny_config("search.trials=6"), tmp_path)
     diverged = [t for t in result["trials"] if t["state"] == "PRUNED"]
     assert len(recorder.calls) == len(result["trials"]) == 6
@@ -184,7 +186,7 @@ def test_diverged_trials_count_as_finished_but_never_win(
     assert result["best"]["lr"] <= 1e-2
 
     monkeypatch.setattr(
-        search_module, "run_finetune", RecordingFinetune(lambda *a, **k: diverges_above_1e_2(*a, lr=1.0))
+        fit_module, "run_finetune", RecordingFinetune(lambda *a, **k: diverges_above_1e_2(*a, lr=1.0))
     )
     with pytest.raises(BisslError, match="no search trial reached a finite validation score"):
         run_search(tiny_config("search.trials=2"), tmp_path / "all-diverge")
@@ -195,7 +197,7 @@ def test_shared_storage_joins_one_study_and_fails_only_dead_local_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = RecordingFinetune(peaked_score)
-    monkeypatch.setattr(search_module, "run_finetune", recorder)
+    monkeypatch.setattr(fit_module, "run_finetune", recorder)
     storage = f"search.storage=sqlite:///{tmp_path / 'shared.db'}"
     run_search(tiny_config("search.trials=2", storage), tmp_path / "machine-a")
     joined = run_search(tiny_config("search.trials=3", storage), tmp_path / "machine-b")
@@ -205,7 +207,7 @@ def test_shared_storage_joins_one_study_and_fails_only_dead_local_trials(
     study = open_study(tiny_config(storage), tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    workers = {"elsewhere:1": None, f"{search_module.socket.gethostname()}:{dead.pid}": None}
+    workers = {"elsewhere:1": None, f"{socket.gethostname()}:{dead.pid}": None}
     for worker in workers:
         trial = study.ask({"lr": FloatDistribution(0.001, 0.1, log=True)})
         trial.set_user_attr("worker", worker)
@@ -240,7 +242,7 @@ def test_seeds_run_once_each_and_give_statistics(tmp_path: Path, monkeypatch: py
     assert statistics["test_top1"]["std"] == pytest.approx(np.std(values, ddof=1))
 
     recorder = RecordingFinetune(peaked_score)
-    monkeypatch.setattr(search_module, "run_finetune", recorder)
+    monkeypatch.setattr(seeds_module, "run_finetune", recorder)
     assert run_seeds(config, tmp_path, 0.01, 1e-4) == records and recorder.calls == []
     # Another setting: every seed runs again, from scratch.
     recorder.stand_in = None

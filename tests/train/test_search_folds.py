@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bissl.train.search as search_module
+import bissl.train.search.fit as fit_module
 from bissl.data.embedded import synthetic_dataset
 from bissl.data.folds import fold_assignment, fold_split
 from bissl.errors import DataError
@@ -48,7 +49,7 @@ def test_trial_value_is_the_mean_over_folds_and_folds_resume(
     config = tiny_config("search.trials=2", "search.folds=3")
     assert study_name_for(config) != study_name_for(tiny_config("search.trials=2"))
     recorder = RecordingFinetune()
-    monkeypatch.setattr(search_module, "run_finetune", recorder)
+    monkeypatch.setattr(fit_module, "run_finetune", recorder)
     found = run_search(config, tmp_path, stop=GracefulStop())
     assert [call["fold"] for call in recorder.calls] == [(i, 3) for i in range(3)] * 2
     for trial in found["trials"]:

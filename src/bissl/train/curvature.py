@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from bissl.bilevel.hvp import frozen_bn_stats
-from bissl.bilevel.trainer import SolveProbe, curvature_operator, prepare_phase, solver_options
+from bissl.bilevel.phase import SolveProbe, curvature_operator, prepare_phase, solver_options
 from bissl.checkpoint import check_architecture, load_checkpoint
 from bissl.config import Config
 from bissl.data.stream import BatchStream
