@@ -40,6 +40,15 @@ def open_subrun(path: Path, config: Config) -> tuple[RunDir, bool]:
     return RunDir(path, config, force=True), not stale
 
 
+def finished_record(path: Path, config: Config, key: str) -> dict[str, Any] | None:
+    """The ``key`` record of a sub-run's summary when it finished under ``config``; None when it still has
+    to run (no summary, or a config.yaml written by another setting or seed)."""
+    summary_file, config_file = path / "summary.json", path / "config.yaml"
+    if summary_file.is_file() and config_file.is_file() and config_file.read_text() == dump_yaml(config):
+        return dict(json.loads(summary_file.read_text())[key])
+    return None
+
+
 def _fit_trial(
     config: Config,
     folder: Path,
@@ -82,10 +91,9 @@ def _cross_validate(config: Config, path: Path, stop: GracefulStop, resume: bool
     records: list[dict[str, Any]] = []
     for index in range(folds):
         fold_path = path / f"fold-{index}"
-        summary_file = fold_path / "summary.json"
-        config_file = fold_path / "config.yaml"
-        if summary_file.is_file() and config_file.is_file() and config_file.read_text() == dump_yaml(config):
-            records.append(dict(json.loads(summary_file.read_text())["fold_run"]))
+        finished = finished_record(fold_path, config, "fold_run")
+        if finished is not None:
+            records.append(finished)
             continue
         fold_run, can_resume = open_subrun(fold_path, config)
         result = run_finetune(

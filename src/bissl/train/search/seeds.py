@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bissl.config import Config, dump_yaml
+from bissl.config import Config
 from bissl.eval.stats import summarize
 from bissl.runtime import GracefulStop, RunDir, say
 from bissl.train.finetune import run_finetune
-from bissl.train.search.fit import _with_settings, open_subrun
+from bissl.train.search.fit import _with_settings, finished_record, open_subrun
 
 
 def _seed_record(
@@ -49,14 +49,9 @@ def run_seeds(
         seed_config = _with_settings(
             config, lr=lr, weight_decay=weight_decay, epochs=config.finetune.epochs, seed=seed
         )
-        summary_file = path / "summary.json"
-        config_file = path / "config.yaml"
-        if (
-            summary_file.is_file()
-            and config_file.is_file()
-            and config_file.read_text() == dump_yaml(seed_config)
-        ):
-            records.append(dict(json.loads(summary_file.read_text())["seed_run"]))
+        finished = finished_record(path, seed_config, "seed_run")
+        if finished is not None:
+            records.append(finished)
             continue
         sub_run, can_resume = open_subrun(path, seed_config)
         result = run_finetune(
