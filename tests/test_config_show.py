@@ -31,7 +31,7 @@ def _config_dataclasses() -> list[type]:
     return [
         cls
         for _, cls in inspect.getmembers(config, inspect.isclass)
-        if dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
+        if dataclasses.is_dataclass(cls) and cls.__module__.startswith(config.__name__ + ".")
     ]
 
 
