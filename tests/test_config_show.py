@@ -31,7 +31,7 @@ def _config_dataclasses() -> list[type]:
     return [
         cls
         for _, cls in inspect.getmembers(config, inspect.isclass)
-        if dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
+        if dataclasses.is_dataclass(cls) and cls.__module__.startswith(config.__name__ + ".")
     ]
 
 
@@ -140,7 +140,7 @@ def test_demo_uses_the_shipped_configs_from_any_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     asked: list[str | None] = []
-    monkeypatch.setattr(cli, "_run_stage", lambda module, function, args, path: asked.append(path) or 0)
+    monkeypatch.setattr(cli, "_run_stage", lambda stage, args, path, literal: asked.append(path) or 0)
     assert cli.main(["demo", "--quick"]) == 0
     assert cli.main(["demo"]) == 0
     assert [resolve_config(str(p)) for p in asked] == [
