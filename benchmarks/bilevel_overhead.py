@@ -129,7 +129,7 @@ def main() -> None:
     reference_upper = rows["recompute (reference)"][1]
     plain_total = sum(rows["plain steps"])
     print(
-        f"config {args.config}: {s.lower_steps} lower + {s.upper_steps} upper steps, {s.cg_iterations} CG iterations, "
+        f"config {args.config}: {s.lower_steps} lower + {s.upper_steps} upper steps, {s.solver_iterations} CG iterations, "
         f"lower batch {s.lower_batch_size}, Hessian batch {s.hessian_batch_size or s.lower_batch_size}, upper batch {s.upper_batch_size}, "
         f"{args.threads} threads, medians of {args.alternations}"
     )
@@ -174,7 +174,7 @@ def diagnostics_cost(
     s = arms[diagnosed].settings
     print(
         f"config {args.config}: blocks of {every} alternations ({s.lower_steps} lower + {s.upper_steps} upper "
-        f"steps, {s.cg_iterations} iterations), diagnostics {s.diagnose_steps} Lanczos steps + 1 residual "
+        f"steps, {s.solver_iterations} iterations), diagnostics {s.diagnose_steps} Lanczos steps + 1 residual "
         f"product, {args.threads} threads, medians of {blocks} blocks per arm, arms interleaved per alternation"
     )
     print(

@@ -45,7 +45,7 @@ class Sizes:
     timed_steps: int
     backbones: tuple[str, ...]
     upper_steps: int
-    cg_iterations: int
+    solver_iterations: int
 
 
 GPU_SIZES = Sizes(96, 256, 3, 10, ("resnet18", "resnet50"), 8, 5)
@@ -277,7 +277,7 @@ UPPER_VARIANTS = (
 def upper_phase_seconds(
     backbone_name: str, mode: str, scope: str, hvp_precision: str, sizes: Sizes, device: torch.device
 ) -> dict[str, Any]:
-    """One upper phase (``upper_steps`` steps, ``cg_iterations`` layerwise CG iterations each) of BiSSL with
+    """One upper phase (``upper_steps`` steps, ``solver_iterations`` layerwise CG iterations each) of BiSSL with
     Hessian and downstream batches of ``sizes.batch_size``; downstream passes in bf16 on a GPU."""
     torch.manual_seed(0)
     lower = channels_last(pretext_task(backbone_name).to(device), device.type == "cuda")
@@ -292,7 +292,7 @@ def upper_phase_seconds(
         alternations=1,
         lower_steps=1,
         upper_steps=sizes.upper_steps,
-        cg_iterations=sizes.cg_iterations,
+        solver_iterations=sizes.solver_iterations,
         hvp_mode=mode,  # type: ignore[arg-type]
         hvp_scope=scope,  # type: ignore[arg-type]
         lower_batch_size=batch,
@@ -327,7 +327,7 @@ def upper_phase_seconds(
         "scope": scope,
         "hvp_precision": hvp_precision,
         "seconds_per_upper_phase": seconds,
-        "cg_residual_last": record["cg_residual_last"],
+        "solver_residual_last": record["solver_residual_last"],
         "peak_gib": peak,
     }
 
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     print(
-        f"\n[3/3] seconds per upper phase: {sizes.upper_steps} steps x {sizes.cg_iterations} CG iterations, "
+        f"\n[3/3] seconds per upper phase: {sizes.upper_steps} steps x {sizes.solver_iterations} CG iterations, "
         f"Hessian and downstream batches of {sizes.batch_size}",
         flush=True,
     )

@@ -200,18 +200,30 @@ CASES: list[Case] = [
     ("report without results", lambda t, p: ["report", str(t)], "results.json"),
     (
         "cg iterations < 1",
-        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.cg_iterations=0"],
-        "bilevel.cg_iterations",
+        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.solver_iterations=0"],
+        "bilevel.solver_iterations",
     ),
     (
         "minres iterations < 1",
-        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.solver=minres", "bilevel.cg_iterations=0"],
-        "bilevel.cg_iterations",
+        lambda t, p: [
+            "bilevel",
+            "--out",
+            str(t / "o"),
+            "bilevel.solver=minres",
+            "bilevel.solver_iterations=0",
+        ],
+        "bilevel.solver_iterations",
     ),
     (
         "neumann iterations < 1",
-        lambda t, p: ["bilevel", "--out", str(t / "o"), "bilevel.solver=neumann", "bilevel.cg_iterations=-2"],
-        "bilevel.cg_iterations",
+        lambda t, p: [
+            "bilevel",
+            "--out",
+            str(t / "o"),
+            "bilevel.solver=neumann",
+            "bilevel.solver_iterations=-2",
+        ],
+        "bilevel.solver_iterations",
     ),
     (
         "bad curvature",

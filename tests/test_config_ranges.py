@@ -27,7 +27,9 @@ from bissl.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 BOUNDARY_CONTEXT: dict[str, dict[str, Any]] = {
-    "bilevel.cg_iterations": {"bilevel.solver": "identity"},  # 0 iterations only without an iterative solve
+    "bilevel.solver_iterations": {
+        "bilevel.solver": "identity"
+    },  # 0 iterations only without an iterative solve
 }
 """Other values a field's boundary value needs to pass the cross-field checks."""
 

@@ -117,7 +117,7 @@ def test_bilevel_skips_non_finite_upper_gradients(tmp_path: Path, monkeypatch: p
         "bilevel.alternations=2",
         "bilevel.lower_steps=1",
         "bilevel.upper_steps=2",
-        "bilevel.cg_iterations=1",
+        "bilevel.solver_iterations=1",
         "bilevel.lower_batch_size=16",
         "bilevel.upper_batch_size=16",
     ]

@@ -94,7 +94,7 @@ def test_paper_configs_hold_the_published_settings(name: str) -> None:
     b = config.bilevel
     assert (b.alternations, b.lower_steps, b.upper_steps) == (500, 20, 8)
     assert (b.lam, b.damping, b.gamma) == (1e-3, 10.0, expected["gamma"])
-    assert (b.solver, b.cg_iterations, b.layerwise) == ("cg", 5, True)
+    assert (b.solver, b.solver_iterations, b.layerwise) == ("cg", 5, True)
     assert (b.lower_batch_size, b.upper_batch_size, b.lower_lr, b.clip_grad) == (1024, 256, 1.0, 10.0)
     assert (b.upper_lr, b.upper_weight_decay) == expected["upper"]
     assert b.lower_lars_exclude_bias_norm is False
@@ -179,7 +179,7 @@ def test_bilevel_passes_run_at_their_precision(hvp_precision: str) -> None:
         alternations=1,
         lower_steps=2,
         upper_steps=2,
-        cg_iterations=2,
+        solver_iterations=2,
         lower_warmup_steps=1,
         lower_batch_size=6,
     )
@@ -295,7 +295,7 @@ STAND_INS = [
     "bilevel.lower_batch_size=8",
     "bilevel.hessian_batch_size=4",
     "bilevel.upper_batch_size=16",
-    "bilevel.cg_iterations=2",
+    "bilevel.solver_iterations=2",
     "bilevel.lower_warmup_steps=1",
     "bilevel.eval_every=1",
     "finetune.epochs=1",
@@ -369,12 +369,15 @@ def test_the_bilevel_lower_level_follows_its_own_lars_group_knob() -> None:
         assert all(g["lars"] and g["weight_decay"] == 1e-6 for g in trainer.lower_optimizer.param_groups[:1])
 
 
-def test_cg_iterations_below_one_is_refused_for_iterative_solvers() -> None:
+def test_solver_iterations_below_one_is_refused_for_iterative_solvers() -> None:
     for solver in ("cg", "neumann"):
-        with pytest.raises(ConfigError, match=r"'bilevel\.cg_iterations' must be >= 1"):
-            load_config(None, [f"bilevel.solver={solver}", "bilevel.cg_iterations=0"])
+        with pytest.raises(ConfigError, match=r"'bilevel\.solver_iterations' must be >= 1"):
+            load_config(None, [f"bilevel.solver={solver}", "bilevel.solver_iterations=0"])
     assert (
-        load_config(None, ["bilevel.solver=identity", "bilevel.cg_iterations=0"]).bilevel.cg_iterations == 0
+        load_config(
+            None, ["bilevel.solver=identity", "bilevel.solver_iterations=0"]
+        ).bilevel.solver_iterations
+        == 0
     )
 
 

@@ -127,7 +127,7 @@ def make_results() -> dict[str, Any]:
                     "upper_loss_lower": 2.0 - 0.05 * alternation,
                     "upper_loss_upper": 2.1 - 0.05 * alternation,
                     "distance": 0.1 * alternation,
-                    "cg_residual": 0.5 / (alternation + 1),
+                    "solver_residual": 0.5 / (alternation + 1),
                     "lower_seconds": 0.25,
                     "upper_seconds": 0.75,
                     "val_top1": 60.0 + alternation,

@@ -87,7 +87,7 @@ def _stage_cases(pretext: Path, head: Path) -> dict[str, tuple[list[str], str, s
                 "bilevel.alternations=6",
                 "bilevel.lower_steps=2",
                 "bilevel.upper_steps=2",
-                "bilevel.cg_iterations=2",
+                "bilevel.solver_iterations=2",
                 "bilevel.lower_batch_size=16",
                 "bilevel.upper_batch_size=16",
                 "bilevel.checkpoint_every=100",

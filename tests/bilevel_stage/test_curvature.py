@@ -29,7 +29,7 @@ DIAGNOSTIC_KEYS = (
 )
 FULL_LANCZOS = 500  # more steps than the tiny backbone has parameters: Lanczos then finds every eigenvalue
 
-# (settings, products one upper phase of 2 steps must spend); _settings has cg_iterations=4
+# (settings, products one upper phase of 2 steps must spend); _settings has solver_iterations=4
 SOLVER_CASES: list[tuple[str, dict[str, Any], int]] = [
     ("minres", {"solver": "minres"}, 2 * 4),
     ("ggn-cg", {"solver": "cg", "layerwise": False, "curvature": "ggn"}, 2 * 4),

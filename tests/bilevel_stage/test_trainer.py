@@ -40,7 +40,7 @@ def _settings(**overrides: object) -> BilevelConfig:
         alternations=2,
         lower_steps=3,
         upper_steps=2,
-        cg_iterations=4,
+        solver_iterations=4,
         lower_batch_size=6,
         upper_batch_size=5,
         lower_warmup_steps=2,
@@ -182,7 +182,7 @@ def _naive_run(settings: BilevelConfig) -> tuple[list[torch.Tensor], list[torch.
             xs = [torch.zeros_like(t) for t in v]
             rs = [t.clone() for t in v]
             ds = [t.clone() for t in v]
-            for _ in range(s.cg_iterations):
+            for _ in range(s.solver_iterations):
                 hd = hvp(ds)
                 ads = [d + h / (s.lam + s.damping) for d, h in zip(ds, hd)]
                 for i in range(len(xs)):

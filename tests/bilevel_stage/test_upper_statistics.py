@@ -54,7 +54,7 @@ def _stage(tmp_path: Path, pretext: Path, mode: str) -> tuple[list[dict[str, flo
         "bilevel.lower_batch_size=16",
         "bilevel.upper_batch_size=32",
         "bilevel.lower_warmup_steps=1",
-        "bilevel.cg_iterations=2",
+        "bilevel.solver_iterations=2",
         "bilevel.eval_every=1",
         f"bilevel.upper_bn={mode}",
     ]

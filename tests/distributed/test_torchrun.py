@@ -129,7 +129,7 @@ def _stage(name: str, pretext: Path, head: Path) -> tuple[list[str], str, str]:
         "bilevel.alternations=5",
         "bilevel.lower_steps=2",
         "bilevel.upper_steps=2",
-        "bilevel.cg_iterations=2",
+        "bilevel.solver_iterations=2",
         "bilevel.lower_batch_size=8",
         "bilevel.upper_batch_size=8",
         "bilevel.checkpoint_every=100",

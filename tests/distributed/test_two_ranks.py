@@ -116,7 +116,7 @@ def settings() -> BilevelConfig:
         alternations=1,
         lower_steps=2,
         upper_steps=2,
-        cg_iterations=CG_ITERATIONS,
+        solver_iterations=CG_ITERATIONS,
         lower_batch_size=LOCAL,
         upper_batch_size=LOCAL,
         lower_warmup_steps=1,

@@ -175,7 +175,7 @@ def needs_phase_products(settings: BilevelConfig, diagnose: bool) -> bool:
 def solver_options(settings: BilevelConfig, phase: PhaseCurvature) -> dict[str, Any]:
     """Keyword options of the configured solver for every upper step of a phase."""
     s = settings
-    options: dict[str, Any] = {"iterations": s.cg_iterations, "tol": s.tolerance}
+    options: dict[str, Any] = {"iterations": s.solver_iterations, "tol": s.tolerance}
     if s.solver == "cg":
         options["layerwise"] = s.layerwise
     elif s.solver == "neumann":

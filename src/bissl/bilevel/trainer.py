@@ -271,8 +271,8 @@ class BilevelTrainer:
         record: dict[str, Any] = {
             "upper_loss_lower": sum(through_lower) / count,
             "upper_loss_upper": sum(through_upper) / count,
-            "cg_residual": sum(residuals) / max(1, len(residuals)),
-            "cg_residual_last": residuals[-1] if residuals else float("nan"),
+            "solver_residual": sum(residuals) / max(1, len(residuals)),
+            "solver_residual_last": residuals[-1] if residuals else float("nan"),
             "upper_lr": lr,
             "damping": phase.damping,
             "products": sum(built.products for built in operators),

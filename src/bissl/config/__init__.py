@@ -29,7 +29,7 @@ from bissl.config.bounds import (
     one_of,
     within,
 )
-from bissl.config.convert import config_from_dict, dump_yaml, to_dict
+from bissl.config.convert import RENAMED_KEYS, config_from_dict, dump_yaml, to_dict, with_current_names
 from bissl.config.describe import _walk_fields as _walk_fields
 from bissl.config.describe import (
     attribute_docstrings,
@@ -86,6 +86,7 @@ __all__ = [
     "PRETEXT_BATCH",
     "PROBABILITY",
     "RANGE",
+    "RENAMED_KEYS",
     "SEED",
     "SHIPPED_CONFIGS",
     "AugmentConfig",
@@ -128,5 +129,6 @@ __all__ = [
     "shipped_configs",
     "to_dict",
     "validate",
+    "with_current_names",
     "within",
 ]

@@ -4,6 +4,7 @@ ConfigError naming the key), and a config back to dicts and YAML text."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -76,10 +77,41 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"config key '{key}' got {value!r}; expected {_type_name(tp)}")
 
 
+RENAMED_KEYS: dict[str, str] = {"bilevel.cg_iterations": "bilevel.solver_iterations"}
+"""Old dotted key -> its current name; the old name is still read, with a note on stderr."""
+
+
+def renamed(data: dict[str, Any], prefix: str = "", *, note: bool = False) -> dict[str, Any]:
+    """``data`` (a section at ``prefix``) with old key names replaced by their current ones. Giving both the
+    old and the new name is an error; ``note`` prints one line per old name met."""
+    result = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        section, _, old_key = old.rpartition(".")
+        if prefix.rstrip(".") != section or old_key not in result:
+            continue
+        new_key = new.rpartition(".")[2]
+        if new_key in result:
+            raise ConfigError(f"config keys '{old}' and '{new}' are the same setting; give only '{new}'")
+        result[new_key] = result.pop(old_key)
+        if note:
+            print(
+                f"bissl: note: config key '{old}' is now '{new}'; the old name still works", file=sys.stderr
+            )
+    return result
+
+
+def with_current_names(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A whole config dict (a stored one, say) with every old key name replaced by its current one."""
+    return {
+        key: with_current_names(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+        for key, value in renamed(data, prefix).items()
+    }
+
+
 def from_dict(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
     hints = field_types(cls)
     kwargs: dict[str, Any] = {}
-    for key, value in data.items():
+    for key, value in renamed(data, prefix, note=True).items():
         if key not in hints:
             where = prefix.rstrip(".") or "the top level"
             raise ConfigError(

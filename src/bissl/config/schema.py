@@ -205,10 +205,10 @@ class BilevelConfig:
     """γ: weight of the upper backbone's own downstream gradient in the upper objective."""
     solver: Literal["cg", "minres", "neumann", "lowrank", "exact", "identity"] = "cg"
     """Linear solver for (I + H/(λ+δ)) x = v: cg, minres, neumann, lowrank, exact (tiny models), identity (first order)."""
-    cg_iterations: int = field(
+    solver_iterations: int = field(
         default=5, metadata=at_least(0, "0 only with solver lowrank, exact or identity")
     )
-    """Iterations (CG) or series terms (Neumann) per solve."""
+    """Iterations of the solver per solve: CG and MINRES iterations, Neumann series terms (formerly cg_iterations, still accepted)."""
     layerwise: bool = True
     """CG with per-tensor step sizes, as the reference runs it; false: textbook CG over the whole vector."""
     tolerance: float = field(default=0.0, metadata=at_least(0, "0: always run every iteration"))

@@ -92,8 +92,8 @@ def _check_shapes(config: Config) -> None:
 def _validate_curvature(b: BilevelConfig) -> None:
     """Solver, curvature, low-rank and adaptive-damping combinations (docs/implicit.md)."""
     _check(
-        b.solver not in ITERATIVE_SOLVERS or b.cg_iterations >= 1,
-        f"config key 'bilevel.cg_iterations' must be >= 1 for solver={b.solver}, got {b.cg_iterations}; "
+        b.solver not in ITERATIVE_SOLVERS or b.solver_iterations >= 1,
+        f"config key 'bilevel.solver_iterations' must be >= 1 for solver={b.solver}, got {b.solver_iterations}; "
         "use solver=identity for no solve",
     )
     _check(

@@ -43,9 +43,9 @@ OUTPUT_FILE = "curvature.json"
 def _solver_description(config: Config) -> str:
     s = config.bilevel
     if s.solver == "cg":
-        return f"cg (K={s.cg_iterations}, {'layerwise' if s.layerwise else 'textbook'})"
+        return f"cg (K={s.solver_iterations}, {'layerwise' if s.layerwise else 'textbook'})"
     if s.solver in ("minres", "neumann"):
-        return f"{s.solver} (K={s.cg_iterations})"
+        return f"{s.solver} (K={s.solver_iterations})"
     if s.solver == "lowrank":
         refine = "" if s.lowrank_refine == "none" else f", {s.lowrank_refine} K={s.lowrank_refine_iterations}"
         return f"lowrank (k={s.lowrank_rank}, {s.lowrank_method}, {s.lowrank_negative}{refine})"
