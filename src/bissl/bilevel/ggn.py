@@ -1,4 +1,4 @@
-"""Generalised Gauss–Newton products G v = Jᵀ (∇²ℓ) J v of the pretext loss (SPEC §8).
+"""Generalised Gauss–Newton products G v = Jᵀ (∇²ℓ) J v of the pretext loss (docs/method.md: Indefinite systems).
 
 The loss is split as ℓ(outputs(θ)) where ℓ is convex (the pretext task knows where: see
 ``PretextTask.gauss_newton_split``); J = ∂outputs/∂θ over the backbone parameters. G is positive

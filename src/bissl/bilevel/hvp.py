@@ -1,4 +1,4 @@
-"""Hessian-vector products of the pretext loss w.r.t. the lower backbone (SPEC §3, §7).
+"""Hessian-vector products of the pretext loss w.r.t. the lower backbone (docs/method.md: Implicit gradient, Speed).
 
 The Hessian batch, θ_P and φ_P stay fixed during an upper phase, so ``H`` is one fixed operator.
 ``hessian_vector_operator`` builds it in one of three ways:

@@ -1,4 +1,4 @@
-"""The upper-level gradient of BiSSL by implicit differentiation (SPEC §3).
+"""The upper-level gradient of BiSSL by implicit differentiation (docs/method.md: Implicit gradient).
 
     g_θD = (I + H/(λ+δ))^(-1) ∇_θ L_D(θ_P, φ_D) + γ ∇_θ L_D(θ_D, φ_D)
     g_φD = ∇_φ L_D(θ_P, φ_D) + γ ∇_φ L_D(θ_D, φ_D)
@@ -99,7 +99,7 @@ def upper_gradients(
     reduce: Reduce | None = None,
     x0: Sequence[Tensor] | None = None,
 ) -> UpperGradients:
-    """The upper gradients of SPEC §3 on one downstream batch; returned, not written into ``.grad``.
+    """The upper gradients (docs/method.md: Implicit gradient) of one downstream batch, returned, not in ``.grad``.
 
     ``hvp_operator_or_matvec`` is the H of the pretext loss on the Hessian batch w.r.t. ``flat_parameters(lower_backbone)``
     (an operator from ``hessian_vector_operator`` or a plain matvec); ``downstream_loss_fn(backbone, head)``

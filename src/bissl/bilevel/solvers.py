@@ -1,4 +1,4 @@
-"""Linear solvers for A x = b where A is symmetric and given only as a matvec (SPEC §3.1, §3.2, §8).
+"""Linear solvers for A x = b where A is symmetric and given only as a matvec (docs/method.md: Conjugate gradient, Indefinite systems).
 
 Vectors are tuples of tensors shaped like the parameters. Every solver has the signature
 ``solver(matvec, b, *, iterations, tol=0.0, x0=None, ...)`` and returns a ``SolveResult``, so callers
@@ -74,7 +74,7 @@ def cg(
     preconditioner: Preconditioner | None = None,
 ) -> SolveResult:
     """Conjugate gradient for SPD A: ``layerwise=True`` is the reference's per-tensor step sizes
-    (SPEC §3.1), ``False`` textbook CG; ``tol > 0`` stops once ‖r‖/‖b‖ ≤ tol.
+    (docs/method.md: Conjugate gradient), ``False`` textbook CG; ``tol > 0`` stops once ‖r‖/‖b‖ ≤ tol.
 
     ``preconditioner`` (an SPD M⁻¹, textbook CG only) gives preconditioned CG. The residual is the
     recursion's r_k (for layerwise CG an estimate, not ‖b − A x_k‖).
@@ -298,7 +298,7 @@ def lowrank(
     negative: str = "clip",
     refine: str = "none",
 ) -> SolveResult:
-    """(I + H/μ)⁻¹ b from a low-rank H ≈ U Θ Uᵀ built once per upper phase (SPEC §8).
+    """(I + H/μ)⁻¹ b from a low-rank H ≈ U Θ Uᵀ built once per upper phase (docs/method.md: Indefinite systems).
 
     ``refine="none"`` applies ``curvature.inverse`` and spends no matvec (residual NaN; ``iterations``,
     ``tol`` and ``x0`` are ignored). ``"cg"``/``"minres"`` run ``iterations`` of that solver on the

@@ -1,4 +1,4 @@
-"""Spectra of curvature operators given only as matvecs (SPEC §8).
+"""Spectra of curvature operators given only as matvecs (docs/method.md: Indefinite systems).
 
 - ``lanczos``: Ritz values and vectors with full reorthogonalisation, scalars accumulated in float64.
 - ``spectrum_summary``: λ_min, λ_max and whether I + H/μ is positive definite (μ = λ + δ).

@@ -75,7 +75,7 @@ def blur_kernel_size(image_size: int) -> int:
 
 @dataclass(frozen=True)
 class ViewOptions:
-    """Random augmentation settings of the two SSL views (defaults: SPEC §5).
+    """Random augmentation settings of the two SSL views (defaults: docs/method.md: Published settings).
 
     ``blur_p`` and ``solarize_p`` hold (view 1, view 2) probabilities. ``reference_crop`` replaces the crop
     range by the reference's (scale (0.08, 1), aspect ratio (0.5, 1.0)).
@@ -169,7 +169,7 @@ def _check_batch(images: torch.Tensor, channels: int) -> None:
 
 
 class TwoViewAugment(_CpuSampledAugment):
-    """Two differently augmented, normalised float32 views of each image of a batch (SPEC §5).
+    """Two differently augmented, normalised float32 views of each image of a batch (docs/method.md: Published settings).
 
     Both views: random resized crop to ``image_size``, horizontal flip, colour jitter (brightness and
     contrast only for grey images), random grayscale (colour images only). View 1: Gaussian blur with

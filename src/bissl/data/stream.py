@@ -1,7 +1,7 @@
 """Batches of an in-memory dataset: an endless, resumable stream for training, finite epochs for evaluation.
 
 BiSSL's lower and upper phases each continue their data stream where the previous alternation stopped
-(SPEC §4), so a stream is an object with a position that survives checkpoints, not a DataLoader.
+(docs/method.md: Pipeline), so a stream is an object with a position that survives checkpoints, not a DataLoader.
 """
 
 from __future__ import annotations

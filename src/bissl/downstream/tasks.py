@@ -1,4 +1,4 @@
-"""Downstream classification tasks: the loss L_D and the metrics reported for it (SPEC §6).
+"""Downstream classification tasks: the loss L_D and the metrics reported for it (docs/method.md: Evaluation).
 
 Single-label tasks use cross-entropy and top-1/top-5 accuracy; multi-label tasks (VOC07) use
 binary cross-entropy on logits and 11-point mAP.

@@ -1,4 +1,4 @@
-"""Statistics over seeds: mean ± std per arm and a paired comparison of two arms (SPEC §6).
+"""Statistics over seeds: mean ± std per arm and a paired comparison of two arms (docs/method.md: Evaluation).
 
 Runs are paired by seed: a[i] and b[i] share the seed (and everything else but the arm).
 """

@@ -16,7 +16,7 @@ def mlp(
 ) -> nn.Sequential:
     """Linear-BN-ReLU for every hidden layer, then a linear output (optionally BN without affine).
 
-    With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of SPEC §5. A hidden
+    With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of docs/method.md: Published settings. A hidden
     Linear bias (``hidden_bias``) is cancelled by the BatchNorm behind it in training mode; the authors' code
     has one, and no output bias (``output_bias=False``).
     """

@@ -43,7 +43,7 @@ class PretextTask(nn.Module):
     def gauss_newton_split(
         self, view1: torch.Tensor, view2: torch.Tensor
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """The loss split as ℓ(outputs) with ℓ convex, for Gauss–Newton curvature G = Jᵀ ∇²ℓ J (SPEC §8).
+        """The loss split as ℓ(outputs) with ℓ convex, for Gauss–Newton curvature G = Jᵀ ∇²ℓ J (docs/method.md: Indefinite systems).
 
         Returns ``outputs`` (computed from the parameters) and ``outer_hvp(u) = ∇²ℓ(outputs) u`` (an
         ``OuterLoss``, whose ``value(outputs)`` equals ``loss(view1, view2)``). Tasks without such a split

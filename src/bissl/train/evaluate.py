@@ -1,4 +1,4 @@
-"""``bissl evaluate`` and the alignment analyses (SPEC §6): how well frozen backbone features fit the
+"""``bissl evaluate`` and the alignment analyses (docs/method.md: Evaluation): how well frozen backbone features fit the
 downstream task before any fine-tuning: weighted k-NN, a linear probe, and t-SNE of the test features."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fine-tuning (SPEC §4.4): a backbone checkpoint gets a fresh linear head and is trained end to end."""
+"""Fine-tuning (docs/method.md: Pipeline): a backbone checkpoint gets a fresh linear head and is trained end to end."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Downstream head warm-up (SPEC §4.2): a linear head trained on the frozen pretext backbone."""
+"""Downstream head warm-up (docs/method.md: Pipeline): a linear head trained on the frozen pretext backbone."""
 
 from __future__ import annotations
 
