@@ -19,10 +19,11 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from bissl import cli, distributed
+from bissl import cli
 from bissl.checkpoint import load_checkpoint
 from bissl.config import Config, ImportConfig, load_config
 from bissl.errors import CheckpointError, ConfigError
+from bissl.optim import warmup_cosine
 from bissl.runtime import GracefulStop, RunDir, StopRequested
 from bissl.train import projector_warmup
 from bissl.train.bilevel_stage import train_bilevel
@@ -509,24 +510,20 @@ def test_projector_warmup_stopped_then_rerun_is_bit_identical(
     """A stop request (what SIGTERM's handler sets) at warm-up step 5 writes the warm-up checkpoint and leaves;
     the rerun ends with exactly the state of an uninterrupted run."""
     _bilevel(imported, tmp_path / "straight")
+    stop = GracefulStop()
+    steps = 0
 
-    class StopAtFifthStep:
-        """``bissl.distributed`` as the warm-up sees it, but a stop is requested at its fifth step."""
+    def schedule_then_stop(*args: Any) -> float:
+        """The warm-up's learning-rate schedule, asked once per warm-up step; a stop arrives in step 5."""
+        nonlocal steps
+        steps += 1
+        if steps == 5:
+            stop.signum = signal.SIGTERM
+        return warmup_cosine(*args)
 
-        calls = 0
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(distributed, name)
-
-        def agree_stop(self, stop: Any) -> bool:
-            StopAtFifthStep.calls += 1
-            if StopAtFifthStep.calls == 5:
-                stop.signum = signal.SIGTERM
-            return distributed.agree_stop(stop)
-
-    monkeypatch.setattr(projector_warmup, "distributed", StopAtFifthStep())
+    monkeypatch.setattr(projector_warmup, "warmup_cosine", schedule_then_stop)
     with pytest.raises(StopRequested):
-        _bilevel(imported, tmp_path / "resumed")
+        _bilevel(imported, tmp_path / "resumed", stop)
     monkeypatch.undo()
     stopped = load_checkpoint(tmp_path / "resumed" / "checkpoints" / WARMUP_FILE)
     assert stopped["step"] == 5 and not (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()

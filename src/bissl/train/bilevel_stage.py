@@ -1,5 +1,6 @@
-"""``bissl bilevel``: builds the BiSSL stage from a config, runs it with logging, evaluation, checkpoints and
-exact resume, and writes the lower backbone θ_P as a plain state dict."""
+"""``bissl bilevel``: builds the BiSSL stage from a config, runs its alternations as a resumable stage loop
+(``train/loop.py``: checkpoints, exact resume, clean stops) with logging and evaluation, and writes the lower
+backbone θ_P as a plain state dict."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import torch
 
 from bissl import distributed
 from bissl.bilevel.trainer import BilevelTrainer, initial_models
-from bissl.checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from bissl.checkpoint import check_architecture, load_checkpoint, save_checkpoint
 from bissl.config import Config
 from bissl.data.stream import BatchStream
 from bissl.errors import ConfigError
 from bissl.models import feature_dim, linear_head
 from bissl.precision import channels_last
-from bissl.runtime import GracefulStop, RunDir, progress, resolve_device, say, seed_everything
+from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
 from bissl.train.checkpoint_formats import load_pretext, save_backbone
 from bissl.train.classifier import evaluate_classifier, refresh_batchnorm
 from bissl.train.data_sources import (
@@ -26,6 +27,7 @@ from bissl.train.data_sources import (
     make_two_view,
     pretext_stream,
 )
+from bissl.train.loop import Part, StageLoop
 from bissl.train.model_factory import architecture, make_backbone
 from bissl.train.projector_warmup import lower_exclude_bias_norm, require_trained_projector, warm_projector
 
@@ -140,32 +142,31 @@ def train_bilevel(
         hvp_precision=config.hvp_precision,
     )
     streams = {"lower": lower_stream, "hessian": hessian_stream, "upper": upper_stream}
-    resuming = resume and run.last_checkpoint.is_file()
-    if not resuming:
+
+    def stream_states() -> dict[str, Any]:
+        return {name: stream.state_dict() for name, stream in streams.items()}
+
+    def restore_streams(saved: dict[str, Any]) -> None:
+        for name, stream in streams.items():
+            stream.load_state_dict(saved[name])
+
+    loop = StageLoop(
+        "bissl",
+        s.alternations,
+        checkpoint=run.last_checkpoint,
+        stage="bilevel-state",
+        architecture=architecture(config, channels),
+        parts={"trainer": trainer, "streams": Part(stream_states, restore_streams)},
+        guard=trainer.guard,
+        position=lambda: trainer.alternation,
+        unit="alternation",
+        every=s.checkpoint_every,
+        stop=stop,
+        resume=resume,
+    )
+    if not loop.resumed:
         warm_projector(lower, config, pretext_data, two_view, run, stop=stop, device=device, resume=resume)
         lower.reset_target()
-    if resuming:
-        state = load_checkpoint(run.last_checkpoint, expect_stage="bilevel-state")
-        check_architecture(state, architecture(config, channels), run.last_checkpoint)
-        trainer.load_state_dict(state["trainer"])
-        for name, stream in streams.items():
-            stream.load_state_dict(state["streams"][name])
-        set_rng_state(distributed.own_entry(state["rng"]))
-        say(f"resuming BiSSL at alternation {trainer.alternation}/{s.alternations}")
-
-    def checkpoint() -> None:
-        rng = distributed.per_rank(rng_state())
-        if distributed.is_main():
-            save_checkpoint(
-                run.last_checkpoint,
-                {
-                    "meta": {"stage": "bilevel-state", "architecture": architecture(config, channels)},
-                    "trainer": trainer.state_dict(),
-                    "streams": {name: stream.state_dict() for name, stream in streams.items()},
-                    "rng": rng,
-                },
-            )
-        distributed.barrier()
 
     def refresh_upper_statistics() -> None:
         """θ_D's BatchNorm statistics at its current weights, before θ_D is evaluated or saved: the running
@@ -177,9 +178,10 @@ def train_bilevel(
             )
 
     totals = {"lower_seconds": 0.0, "upper_seconds": 0.0}
-    bar = progress(s.alternations, "bissl", initial=trainer.alternation)
     record: dict[str, Any] = {}
-    while trainer.alternation < s.alternations:
+
+    def alternation(index: int) -> dict[str, str]:
+        nonlocal record
         record = trainer.alternate()
         shard_means = ("lower_loss", "upper_loss_lower", "upper_loss_upper")
         record |= dict(zip(shard_means, distributed.average_scalars([record[k] for k in shard_means])))
@@ -194,14 +196,9 @@ def train_bilevel(
             )
             record |= {f"val_{k}": v for k, v in metrics.items()}
         run.log({"stage": "bilevel", **record})
-        bar.update(1)
-        bar.set_postfix(lower=f"{record['lower_loss']:.3f}", upper=f"{record['upper_loss_lower']:.3f}")
-        if distributed.agree_stop(stop) or trainer.alternation % s.checkpoint_every == 0:
-            checkpoint()
-            stop.check()
-    bar.close()
-    refresh_upper_statistics()
-    checkpoint()
+        return {"lower": f"{record['lower_loss']:.3f}", "upper": f"{record['upper_loss_lower']:.3f}"}
+
+    loop.run(alternation, before_last_checkpoint=refresh_upper_statistics)
     lower_path = run.path / "lower_backbone.pt"
     if distributed.is_main():
         save_backbone(lower_path, lower.backbone, config, channels, stage="bilevel-lower")

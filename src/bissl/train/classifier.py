@@ -1,9 +1,9 @@
-"""The supervised loop shared by head warm-up and fine-tuning: SGD with momentum over an endless,
-resumable batch stream, evaluation at epoch ends, best-on-validation tracking and exact resume."""
+"""The supervised steps shared by head warm-up and fine-tuning: SGD with momentum over an endless, resumable
+batch stream, evaluation at epoch ends and best-on-validation tracking, run as a resumable stage loop
+(``train/loop.py``: checkpoints every ``checkpoint_every`` epochs, exact resume, clean stops)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from bissl import distributed
-from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.data.augment import DownstreamAugment
 from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream
@@ -20,7 +19,8 @@ from bissl.downstream import DownstreamTask
 from bissl.models.batchnorm import recompute_batchnorm_statistics
 from bissl.optim import clip_grad_norm, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
-from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress
+from bissl.runtime import GracefulStop, RunDir
+from bissl.train.loop import Part, StageLoop
 
 
 @torch.no_grad()
@@ -137,52 +137,37 @@ def fit_classifier(
     )
     steps_per_epoch = max(1, len(train) // (settings.batch_size * world))
     total_steps = settings.epochs * steps_per_epoch
-    guard = NonFiniteGuard(settings.max_nonfinite)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
-    step = 0
-    checkpoint_path = run.checkpoints / checkpoint_name if run is not None else None
-    if resume and checkpoint_path is not None and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, expect_stage=f"{settings.stage}-state")
-        backbone.load_state_dict(state["backbone"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        stream.load_state_dict(state["stream"])
-        guard.load_state_dict(state["guard"])
-        set_rng_state(distributed.own_entry(state["rng"]))
-        step, history, best = int(state["step"]), list(state["history"]), dict(state["best"])
-
+    loop = StageLoop(
+        settings.stage,
+        total_steps,
+        checkpoint=run.checkpoints / checkpoint_name if run is not None else None,
+        stage=f"{settings.stage}-state",
+        parts={
+            "backbone": backbone,
+            "head": head,
+            "optimizer": optimizer,
+            "stream": stream,
+            # a resumed run fills the still-empty record list and best record from the checkpoint
+            "history": Part(lambda: history, history.extend),
+            "best": Part(lambda: best, best.update),
+        },
+        max_nonfinite=settings.max_nonfinite,
+        every=steps_per_epoch * settings.checkpoint_every,
+        stop=stop,
+        resume=resume,
+    )
     model_backbone = backbone
     if distributed.is_distributed() and settings.train_backbone:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         model_backbone = DistributedDataParallel(backbone, device_ids=ids)
-
-    def checkpoint() -> None:
-        rng = distributed.per_rank(rng_state())
-        if checkpoint_path is not None and distributed.is_main():
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "meta": {"stage": f"{settings.stage}-state"},
-                    "backbone": backbone.state_dict(),
-                    "head": head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "stream": stream.state_dict(),
-                    "guard": guard.state_dict(),
-                    "rng": rng,
-                    "step": step,
-                    "history": history,
-                    "best": best,
-                },
-            )
-        distributed.barrier()
-
-    started = time.perf_counter()
-    bar = progress(total_steps, settings.stage, initial=step)
     running_loss = float("nan")
-    while step < total_steps:
+
+    def train_step(step: int) -> dict[str, str]:
+        nonlocal running_loss
         backbone.train(settings.backbone_train_mode)
         head.train()
         final_lr = settings.lr * settings.final_lr_ratio
@@ -195,23 +180,20 @@ def fit_classifier(
                 features = model_backbone(inputs)
             loss = task.loss(head(features), labels)
         optimizer.zero_grad(set_to_none=True)
-        if guard.ok(distributed.agree_finite(loss.detach()), f"{settings.stage} loss", step):
+        if loop.finite(loss.detach(), f"{settings.stage} loss", across_ranks=True):
             loss.backward()
             distributed.average_gradients(head.parameters())
             norm = clip_grad_norm(parameters, settings.clip_grad)
-            if guard.ok(norm, f"{settings.stage} gradient norm", step):
+            if loop.finite(norm, f"{settings.stage} gradient norm"):
                 optimizer.step()
                 running_loss = float(loss.detach())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{running_loss:.3f}")
-        epoch_done = step % steps_per_epoch == 0
-        epoch = step // steps_per_epoch
-        if epoch_done and (epoch % settings.eval_every == 0 or step == total_steps):
+        done = step + 1
+        epoch = done // steps_per_epoch
+        if done % steps_per_epoch == 0 and (epoch % settings.eval_every == 0 or done == total_steps):
             record: dict[str, Any] = {
                 "stage": settings.stage,
                 "epoch": epoch,
-                "step": step,
+                "step": done,
                 "lr": lr,
                 "train_loss": distributed.average_scalar(running_loss),
             }
@@ -224,19 +206,18 @@ def fit_classifier(
                 run.log(record)
             key = f"val_{task.primary_metric}"
             if key in record and (not best or record[key] > best[key]):
-                best = dict(record)
+                best.clear()
+                best.update(record)
             if on_epoch is not None:
                 on_epoch(epoch, record)
-        if distributed.agree_stop(stop) or (epoch_done and epoch % settings.checkpoint_every == 0):
-            checkpoint()
-            stop.check()
-    bar.close()
-    checkpoint()
+        return {"loss": f"{running_loss:.3f}"}
+
+    loop.run(train_step)
     return {
         "last": history[-1] if history else {},
         "best": best,
         "history": history,
-        "seconds": time.perf_counter() - started,
-        "skipped_steps": guard.skipped,
+        "seconds": loop.seconds,
+        "skipped_steps": loop.skipped,
         "steps": total_steps,
     }

@@ -1,9 +1,8 @@
-"""Pretext pretraining (SPEC §4.1): LARS, per-step warm-up + cosine, optional clipping, k-NN monitor,
-atomic checkpoints and exact resume."""
+"""Pretext pretraining: LARS, per-step warm-up + cosine, optional clipping and a k-NN monitor, run as a
+resumable stage loop (``train/loop.py``: atomic checkpoints, exact resume, clean stops, non-finite guard)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,13 +10,12 @@ import torch
 from torch import nn
 
 from bissl import distributed
-from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.config import Config
 from bissl.data.registry import TensorDataset
 from bissl.eval import extract_features, knn_accuracy
 from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
-from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, resolve_device, say, seed_everything
+from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
 from bissl.train.checkpoint_formats import load_pretext, save_backbone, save_pretext
 from bissl.train.data_sources import (
     load_data,
@@ -26,6 +24,7 @@ from bissl.train.data_sources import (
     make_two_view,
     pretext_stream,
 )
+from bissl.train.loop import StageLoop
 from bissl.train.model_factory import architecture, make_pretext
 
 
@@ -98,43 +97,24 @@ def pretrain(
     steps_per_epoch = max(1, len(data) // (settings.batch_size * world))
     total_steps = settings.steps if settings.steps is not None else settings.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(settings.warmup_epochs * steps_per_epoch))
-    guard = NonFiniteGuard(config.max_nonfinite)
-    start_step = 0
-    if resume and run.last_checkpoint.is_file():
-        state = load_checkpoint(run.last_checkpoint, expect_stage="pretrain-state")
-        task.load_state_dict(state["task"])
-        optimizer.load_state_dict(state["optimizer"])
-        stream.load_state_dict(state["stream"])
-        guard.load_state_dict(state["guard"])
-        set_rng_state(distributed.own_entry(state["rng"]))
-        start_step = int(state["step"])
-        say(f"resuming pretraining at step {start_step}/{total_steps}")
-
+    loop = StageLoop(
+        "pretrain",
+        total_steps,
+        checkpoint=run.last_checkpoint,
+        stage="pretrain-state",
+        architecture=architecture(config, data.channels),
+        parts={"task": task, "optimizer": optimizer, "stream": stream},
+        max_nonfinite=config.max_nonfinite,
+        every=settings.checkpoint_every,
+        stop=stop,
+        resume=resume,
+    )
     knn_data = _knn_sets(config) if settings.knn_every > 0 else None
     model = _wrap(task, device)
-
-    def checkpoint(step: int) -> None:
-        rng = distributed.per_rank(rng_state())
-        if distributed.is_main():
-            save_checkpoint(
-                run.last_checkpoint,
-                {
-                    "meta": {"stage": "pretrain-state", "architecture": architecture(config, data.channels)},
-                    "task": task.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "stream": stream.state_dict(),
-                    "guard": guard.state_dict(),
-                    "rng": rng,
-                    "step": step,
-                },
-            )
-        distributed.barrier()
-
-    started = time.perf_counter()
-    bar = progress(total_steps, "pretrain", initial=start_step)
-    task.train()
     last_loss = float("nan")
-    for step in range(start_step, total_steps):
+
+    def train_step(step: int) -> dict[str, str]:
+        nonlocal last_loss
         lr = warmup_cosine(
             step, total_steps, warmup_steps, settings.lr, settings.lr * settings.final_lr_ratio
         )
@@ -144,15 +124,13 @@ def pretrain(
         with autocast(device, config.precision):
             loss = model(view1, view2)
         optimizer.zero_grad(set_to_none=True)
-        if guard.ok(distributed.agree_finite(loss.detach()), "pretext loss", step):
+        if loop.finite(loss.detach(), "pretext loss", across_ranks=True):
             loss.backward()
             grad_norm = clip_grad_norm((p for _, p in named), settings.clip_grad)
-            if guard.ok(grad_norm, "gradient norm", step):
+            if loop.finite(grad_norm, "gradient norm"):
                 optimizer.step()
                 task.after_step((step + 1) / total_steps)
                 last_loss = float(loss.detach())
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}")
         record: dict[str, Any] = {}
         if (step + 1) % settings.log_every == 0 or step + 1 == total_steps:
             loss_mean = distributed.average_scalar(last_loss)
@@ -162,24 +140,23 @@ def pretrain(
             task.train()
         if record:
             run.log(record)
-        if distributed.agree_stop(stop) or (step + 1) % settings.checkpoint_every == 0:
-            checkpoint(step + 1)
-            stop.check()
-    bar.close()
-    seconds = time.perf_counter() - started
-    checkpoint(total_steps)
+        return {"loss": f"{last_loss:.3f}", "lr": f"{lr:.3g}"}
+
+    task.train()
+    loop.run(train_step)
     pretext_path = run.checkpoints / "pretext.pt"
     if distributed.is_main():
         save_pretext(pretext_path, task, config, data.channels, steps=total_steps)
         save_backbone(run.path / "backbone.pt", task.backbone, config, data.channels, stage="pretrain")
     distributed.barrier()
+    images = (total_steps - loop.start) * settings.batch_size * world
     summary: dict[str, Any] = {
         "stage": "pretrain",
         "steps": total_steps,
         "final_loss": last_loss,
-        "seconds": seconds,
-        "images_per_second": (total_steps - start_step) * settings.batch_size * world / max(seconds, 1e-9),
-        "skipped_steps": guard.skipped,
+        "seconds": loop.seconds,
+        "images_per_second": images / max(loop.seconds, 1e-9),
+        "skipped_steps": loop.skipped,
         "pretext_checkpoint": str(pretext_path),
     }
     if knn_data is not None or settings.knn_every == 0:

@@ -9,9 +9,10 @@ statistics, as the lower level does).
 Optimiser: LARS like the lower level (its parameter groups, ``bilevel.lower_weight_decay``, ``lower_momentum``),
 peak lr ``pretext.projector_warmup_lr``, 10% linear warm-up then cosine to ``bilevel.lower_final_lr_ratio`` of
 the peak, gradient clipping at ``bilevel.clip_grad``. Batches come from a pretext stream of their own (seed + 2),
-so the alternations see the same data with or without a warm-up. Head, optimiser, stream and RNG are saved to
-``checkpoints/projector_warmup.pt`` every ``bilevel.checkpoint_every × bilevel.lower_steps`` steps and when
-stopped; a rerun continues bit-identically.
+so the alternations see the same data with or without a warm-up. It runs as a resumable stage loop
+(``train/loop.py``): head, optimiser, stream, non-finite counter and RNG are saved to
+``checkpoints/projector_warmup.pt`` every ``bilevel.checkpoint_every × bilevel.lower_steps`` steps, when stopped
+and at the end; a rerun continues bit-identically.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 
 from bissl import distributed
 from bissl.bilevel.hvp import frozen_bn_stats
-from bissl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bissl.config import Config
 from bissl.data.augment import TwoViewAugment
 from bissl.data.folder_stream import DiskDataset
@@ -31,8 +31,9 @@ from bissl.errors import ConfigError
 from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
 from bissl.precision import autocast
 from bissl.pretext import PretextTask
-from bissl.runtime import GracefulStop, NonFiniteGuard, RunDir, progress, say
+from bissl.runtime import GracefulStop, RunDir, say
 from bissl.train.data_sources import pretext_stream
+from bissl.train.loop import Part, StageLoop
 
 WARMUP_FILE = "projector_warmup.pt"
 WARMUP_STAGE = "projector-warmup-state"
@@ -88,77 +89,56 @@ def warm_projector(
         rank=distributed.rank(),
         world_size=distributed.world_size(),
     )
-    guard = NonFiniteGuard(config.max_nonfinite)
-    path = run.checkpoints / WARMUP_FILE
-    start = 0
-    if resume and path.is_file():
-        state = load_checkpoint(path, expect_stage=WARMUP_STAGE)
-        task.load_state_dict(state["head"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        stream.load_state_dict(state["stream"])
-        guard.load_state_dict(state["guard"])
-        set_rng_state(distributed.own_entry(state["rng"]))
-        start = int(state["step"])
-        if start < total:
-            say(f"resuming the projector warm-up at step {start}/{total}")
-
-    def checkpoint(step: int) -> None:
-        rng = distributed.per_rank(rng_state())
-        if distributed.is_main():
-            head_state = {k: v for k, v in task.state_dict().items() if not k.startswith("backbone.")}
-            save_checkpoint(
-                path,
-                {
-                    "meta": {"stage": WARMUP_STAGE},
-                    "head": head_state,
-                    "optimizer": optimizer.state_dict(),
-                    "stream": stream.state_dict(),
-                    "guard": guard.state_dict(),
-                    "rng": rng,
-                    "step": step,
-                },
-            )
-        distributed.barrier()
-
+    head_state = Part(
+        lambda: {k: v for k, v in task.state_dict().items() if not k.startswith("backbone.")},
+        lambda saved: task.load_state_dict(saved, strict=False),
+    )
+    loop = StageLoop(
+        "projector warm-up",
+        total,
+        checkpoint=run.checkpoints / WARMUP_FILE,
+        stage=WARMUP_STAGE,
+        parts={"head": head_state, "optimizer": optimizer, "stream": stream},
+        max_nonfinite=config.max_nonfinite,
+        every=max(1, s.checkpoint_every * s.lower_steps),
+        stop=stop,
+        resume=resume,
+    )
     parameters = [p for _, p in head_parameters]
-    every = max(1, s.checkpoint_every * s.lower_steps)
     peak = config.pretext.projector_warmup_lr
     linear_steps = round(0.1 * total)
     last_loss = float("nan")
+
+    def warmup_step(step: int) -> dict[str, str]:
+        nonlocal last_loss
+        lr = warmup_cosine(step, total, linear_steps, peak, peak * s.lower_final_lr_ratio)
+        set_lr(optimizer, lr)
+        images, _ = next(stream)
+        view1, view2 = two_view(images)
+        with autocast(device, config.precision):
+            loss = task(view1, view2)
+        optimizer.zero_grad(set_to_none=True)
+        if loop.finite(loss.detach(), "projector warm-up loss", across_ranks=True):
+            loss.backward()
+            _average_gradients(parameters)
+            grad_norm = clip_grad_norm(parameters, s.clip_grad)
+            if loop.finite(grad_norm, "projector warm-up gradient norm"):
+                optimizer.step()
+                task.after_step((step + 1) / total)
+                last_loss = float(loss.detach())
+        if (step + 1) % config.pretrain.log_every == 0 or step + 1 == total:
+            loss_mean = distributed.average_scalar(last_loss)
+            run.log({"stage": "projector-warmup", "step": step + 1, "loss": loss_mean, "lr": lr})
+        return {"loss": f"{last_loss:.3f}", "lr": f"{lr:.3g}"}
+
     task.train()
     task.backbone.requires_grad_(False)
-    bar = progress(total, "projector warm-up", initial=start)
     try:
         with frozen_bn_stats(task.backbone):
-            for step in range(start, total):
-                lr = warmup_cosine(step, total, linear_steps, peak, peak * s.lower_final_lr_ratio)
-                set_lr(optimizer, lr)
-                images, _ = next(stream)
-                view1, view2 = two_view(images)
-                with autocast(device, config.precision):
-                    loss = task(view1, view2)
-                optimizer.zero_grad(set_to_none=True)
-                if guard.ok(distributed.agree_finite(loss.detach()), "projector warm-up loss", step):
-                    loss.backward()
-                    _average_gradients(parameters)
-                    grad_norm = clip_grad_norm(parameters, s.clip_grad)
-                    if guard.ok(grad_norm, "projector warm-up gradient norm", step):
-                        optimizer.step()
-                        task.after_step((step + 1) / total)
-                        last_loss = float(loss.detach())
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}")
-                if (step + 1) % config.pretrain.log_every == 0 or step + 1 == total:
-                    loss_mean = distributed.average_scalar(last_loss)
-                    run.log({"stage": "projector-warmup", "step": step + 1, "loss": loss_mean, "lr": lr})
-                if distributed.agree_stop(stop) or (step + 1) % every == 0:
-                    checkpoint(step + 1)
-                    stop.check()
+            loop.run(warmup_step)
     finally:
         task.backbone.requires_grad_(True)
-        bar.close()
-    if start < total:
-        checkpoint(total)
+    if loop.start < total:
         say(f"projector warm-up done: {total} steps, loss {last_loss:.4f}")
     return {"steps": total, "final_loss": last_loss}
 
