@@ -280,7 +280,7 @@ def study(
             results = _publish(config, run, pretext)
             stop.check()
     results = _publish(config, run, pretext)
-    from bissl.study_report import format_table
+    from bissl.report.study import format_table
 
     print(format_table(results))
     print(f"report: {root / 'report.html'}")
@@ -352,7 +352,7 @@ def _minutes(seconds: float) -> str:
 
 
 def _publish(config: Config, run: RunDir, pretext: str) -> dict[str, Any]:
-    from bissl.study_report import write_study_report
+    from bissl.report.study import write_study_report
 
     results = collect_results(config, run.path, pretext)
     run.write_json(RESULTS_FILE, results)
