@@ -17,7 +17,7 @@ import yaml
 
 from bissl import cli
 from bissl.config import StudyArm, load_config
-from bissl.experiment import same_config
+from bissl.parts import same_config
 from bissl.study import arm_config, extra_pretext_config
 from tests.tiny import TINY_PIPELINE
 
@@ -185,7 +185,7 @@ def test_killed_study_resumes_without_redoing_parts(tmp_path: Path) -> None:
 
 
 def test_stopped_part_keeps_its_time_and_the_rerun_adds_to_it(tmp_path: Path) -> None:
-    from bissl.experiment import Parts
+    from bissl.parts import Parts
     from bissl.runtime import GracefulStop, RunDir, StopRequested
 
     config = load_config(None, SETTINGS)

@@ -21,7 +21,7 @@ from typing import Any
 
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import ConfigError
-from bissl.experiment import PART_READS, TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
+from bissl.parts import PART_READS, TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
 from bissl.runtime import GracefulStop, RunDir
 
 RESULTS_FILE = "results.json"
