@@ -88,7 +88,7 @@ def test_study_runs_every_arm_and_seed_with_statistics(studied: tuple[Path, Path
 def test_study_doc_writes_markdown_and_figure_and_keeps_marked_text(
     studied: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from bissl.report.study import KEEP_MARKER
+    from bissl.report.evidence import KEEP_MARKER
 
     _, out = studied
     page = tmp_path / "docs" / "evidence.md"

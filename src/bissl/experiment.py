@@ -12,18 +12,23 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bissl import distributed
 from bissl.config import Config, to_dict
 from bissl.errors import ConfigError
+from bissl.eval.stats import paired_comparison
 from bissl.parts import PART_READS, Parts, read_summary, relative_to_run
+from bissl.report import format_compare_table, write_compare_results, write_report
+from bissl.report.schema import CompareArm, CompareDifference, CompareResults, Record, SearchOutcome
 from bissl.runtime import GracefulStop, RunDir, say
 
-ARMS = ("baseline", "bissl")
+# The training stages (bissl.train.*) are imported inside the functions that run their parts: they load the
+# training stack (torchvision models, kornia augmentations, optuna), which a comparison refused by its config
+# check, or one whose parts have all finished, does not need.
 
 
-def _read_metrics(path: Path, stage: str) -> list[dict[str, Any]]:
+def _read_metrics(path: Path, stage: str) -> list[Record]:
     file = path / "metrics.jsonl"
     if not file.is_file():
         return []
@@ -43,26 +48,26 @@ def _pretrain_part(parts: Parts, config: Config, name: str, folder: Path) -> str
     return str(folder / "checkpoints" / "pretext.pt")
 
 
-def _arm_part(parts: Parts, arm: str, config: Config, backbone: str) -> dict[str, Any]:
+def _arm_part(parts: Parts, arm: str, config: Config, backbone: str) -> CompareArm:
     """Search then seeds for one arm's backbone; returns the arm's results block."""
     from bissl.train.search import search
 
     arm_config = dataclasses.replace(config, backbone=backbone)
     summary = parts.run(f"{arm} search + seeds", parts.root / arm / "finetune", arm_config, search)
-    found = dict(summary.get("search") or {})
-    found["trials"] = [
-        _scalars(trial) | dict(trial.get("params") or {}) for trial in found.get("trials") or []
-    ]
+    search_block = dict(summary.get("search") or {})
+    trials = search_block.get("trials") or []
+    found = cast(SearchOutcome, search_block)  # the search's own block, carried as it is
+    found["trials"] = [_scalars(trial) | dict(trial.get("params") or {}) for trial in trials]
     seeds = [_scalars(seed) for seed in summary.get("seeds") or []]
-    return {"backbone": backbone, "search": found, "seeds": seeds, "summary": summary.get("summary")}
+    return {"backbone": backbone, "search": found, "seeds": seeds, "summary": summary.get("summary") or {}}
 
 
-def _scalars(record: dict[str, Any]) -> dict[str, Any]:
+def _scalars(record: dict[str, Any]) -> Record:
     """The flat (number, text, null) entries of a record; nested blocks stay in the part's summary.json."""
     return {k: v for k, v in record.items() if v is None or isinstance(v, int | float | str)}
 
 
-def _run_parts(parts: Parts, config: Config) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def _run_parts(parts: Parts, config: Config) -> tuple[dict[str, CompareArm], dict[str, str]]:
     """Every part of both arms in order (in ``parts.dry`` mode: only their checks); returns the arms' results
     blocks and their backbone files."""
     from bissl.train.bilevel_stage import train_bilevel
@@ -77,7 +82,7 @@ def _run_parts(parts: Parts, config: Config) -> tuple[dict[str, dict[str, Any]],
             )
     else:
         pretext = _pretrain_part(parts, config, "pretrain", root / "pretrain")
-    arms: dict[str, dict[str, Any]] = {}
+    arms: dict[str, CompareArm] = {}
     backbones: dict[str, str] = {}
     if "baseline" in config.compare.arms:
         baseline_pretext = pretext
@@ -115,31 +120,30 @@ def check_compare(config: Config, out: Path) -> None:
 
 def compare(
     config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
-) -> dict[str, Any]:
+) -> CompareResults:
     """Run both arms, the analyses and the statistics; write results.json and report.html."""
-    from bissl.eval.stats import paired_comparison
-
     stop = stop or GracefulStop()
     root = run.path
     check_compare(config, root)
     parts = Parts(root, stop, "compare")
     arms, backbones = _run_parts(parts, config)
     probes, figures = _alignment_part(parts, config, backbones)
-    comparison: dict[str, Any] = {}
+    comparison: dict[str, CompareDifference] = {}
     if "baseline" in arms and "bissl" in arms:
-        base_seeds = {s["seed"]: s for s in arms["baseline"].get("seeds") or []}
-        bissl_seeds = {s["seed"]: s for s in arms["bissl"].get("seeds") or []}
+        base_seeds, bissl_seeds = _by_seed(arms["baseline"]["seeds"]), _by_seed(arms["bissl"]["seeds"])
         common = sorted(set(base_seeds) & set(bissl_seeds))
         metrics = sorted({k for s in base_seeds.values() for k in s if k.startswith("test_")})
         for metric in metrics:
-            a = [float(base_seeds[i][metric]) for i in common]
-            b = [float(bissl_seeds[i][metric]) for i in common]
+            a = [float(cast(float, base_seeds[i][metric])) for i in common]
+            b = [float(cast(float, bissl_seeds[i][metric])) for i in common]
             if common:
                 paired = paired_comparison(a, b)
-                comparison[metric] = paired | {"ci95": [paired["ci_low"], paired["ci_high"]]}
+                comparison[metric] = cast(
+                    CompareDifference, paired | {"ci95": [paired["ci_low"], paired["ci_high"]]}
+                )
     for block in arms.values():
-        block["backbone"] = relative_to_run(block["backbone"], root)
-    results = {
+        block["backbone"] = relative_to_run(str(block["backbone"]), root)
+    results: CompareResults = {
         "title": f"BiSSL vs conventional pipeline: {config.data.pretext} -> {config.data.downstream}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "primary_metric": _primary_metric(arms),
@@ -157,15 +161,18 @@ def compare(
         "timings": dict(parts.timings),
         "fairness": config.compare.fairness,
     }
-    run.write_json("results.json", results)
+    results = write_compare_results(run, results)
     if distributed.is_main():
-        from bissl.report import write_report
-
         report_path = write_report(root)
-        print(format_table(results))
+        print(format_compare_table(results))
         print(f"report: {report_path}")
     run.write_summary({"stage": "compare", "results": "results.json", "report": "report.html"})
     return results
+
+
+def _by_seed(seeds: list[Record]) -> dict[int, Record]:
+    """An arm's seed runs by their seed."""
+    return {int(cast(int, record["seed"])): record for record in seeds}
 
 
 def _pretrain_steps(config: Config) -> int:
@@ -180,23 +187,19 @@ def _pretrain_steps(config: Config) -> int:
     )
 
 
-def _seed_curve(folder: Path) -> list[dict[str, Any]]:
+def _seed_curve(folder: Path) -> list[Record]:
     """Validation curve of the first seed run of an arm."""
     seeds = sorted((folder / "seeds").glob("seed-*")) if (folder / "seeds").is_dir() else []
     return _read_metrics(seeds[0], "finetune") if seeds else []
 
 
-def _primary_metric(arms: dict[str, dict[str, Any]]) -> str:
-    for arm in arms.values():
-        summary = arm.get("summary") or {}
-        if "test_map" in summary:
-            return "map"
-    return "top1"
+def _primary_metric(arms: dict[str, CompareArm]) -> str:
+    return "map" if any("test_map" in arm["summary"] for arm in arms.values()) else "top1"
 
 
 def _alignment_part(
     parts: Parts, config: Config, backbones: dict[str, str]
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, dict[str, float | None]], dict[str, str]]:
     """k-NN, linear probe and t-SNE of both frozen backbones on the downstream task (skipped when done)."""
     folder = parts.root / "alignment"
     done = parts.done("alignment", folder, config, PART_READS["evaluate"])
@@ -223,42 +226,3 @@ def _alignment_part(
         figures["tsne"] = "alignment/tsne.png"
     probes = done.get("probes", {})
     return probes, figures
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The short table printed at the end of compare (and shown in the README)."""
-    metric = "test_" + results["primary_metric"]
-    lines = [
-        f"{'arm':<10} {'test ' + results['primary_metric'] + ' (mean ± std)':<26} {'k-NN':>7} {'probe':>7}  lr / wd"
-    ]
-    for arm in ARMS:
-        block = results["arms"].get(arm)
-        if block is None:
-            continue
-        summary = (block.get("summary") or {}).get(metric) or {}
-        probe = results["probes"].get(arm, {})
-        best = (block.get("search") or {}).get("best") or {}
-        mean, std, n = summary.get("mean"), summary.get("std"), summary.get("n")
-        cell = f"{mean:.2f} ± {std:.2f} (n={n})" if mean is not None else "n/a"
-        knn = probe.get("knn_top1")
-        lin = probe.get("probe_top1") if probe.get("probe_top1") is not None else probe.get("probe_map")
-        lines.append(
-            f"{arm:<10} {cell:<26} {knn if knn is None else f'{knn:.2f}':>7} {lin if lin is None else f'{lin:.2f}':>7}"
-            f"  {best.get('lr', float('nan')):.3g} / {best.get('weight_decay', float('nan')):.3g}"
-        )
-    diff = results["comparison"].get(metric)
-    if diff:
-        low, high = (_signed(v) for v in diff["ci95"])
-        lines.append(
-            f"BiSSL − baseline: {diff['mean_difference']:+.2f} (95% CI {low} … {high}, "
-            f"paired t p={_p(diff.get('t_pvalue'))}, Wilcoxon p={_p(diff.get('wilcoxon_pvalue'))})"
-        )
-    return "\n".join(lines)
-
-
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
-
-
-def _p(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
