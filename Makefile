@@ -62,7 +62,7 @@ bench: setup
 	$(BIN)/python benchmarks/augment_throughput.py
 
 report-screenshot: setup
-	$(BIN)/python -m pytest -m slow -q tests/test_report_screenshot.py
+	$(BIN)/python -m pytest -m slow -q tests/report/test_report_screenshot.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

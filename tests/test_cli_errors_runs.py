@@ -21,8 +21,8 @@ import yaml
 
 from bissl import cli
 from bissl.pretext.simclr import SimCLR
+from tests.report.test_report import make_results, write_results
 from tests.test_compare import SETTINGS as COMPARE
-from tests.test_report import make_results, write_results
 
 TINY = ["data.pretext=synthetic", "data.downstream=synthetic", "model.width=4", "model.blocks=[1]"]
 PRETRAIN = [*TINY, "pretrain.steps=2", "pretrain.batch_size=16"]

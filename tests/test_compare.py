@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bissl import cli
-from tests.test_report import SECTION_IDS
+from tests.report.test_report import SECTION_IDS
 from tests.tiny import TINY_PIPELINE
 
 SETTINGS = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bissl.study_report import KEEP_MARKER
+from bissl.report.evidence import KEEP_MARKER
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 INTERPRETIVE = ("## Reading the result", "## What it means")

@@ -17,7 +17,7 @@ import yaml
 
 from bissl import cli
 from bissl.config import StudyArm, load_config
-from bissl.experiment import same_config
+from bissl.parts import same_config
 from bissl.study import arm_config, extra_pretext_config
 from tests.tiny import TINY_PIPELINE
 
@@ -88,7 +88,7 @@ def test_study_runs_every_arm_and_seed_with_statistics(studied: tuple[Path, Path
 def test_study_doc_writes_markdown_and_figure_and_keeps_marked_text(
     studied: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from bissl.study_report import KEEP_MARKER
+    from bissl.report.evidence import KEEP_MARKER
 
     _, out = studied
     page = tmp_path / "docs" / "evidence.md"
@@ -185,7 +185,7 @@ def test_killed_study_resumes_without_redoing_parts(tmp_path: Path) -> None:
 
 
 def test_stopped_part_keeps_its_time_and_the_rerun_adds_to_it(tmp_path: Path) -> None:
-    from bissl.experiment import Parts
+    from bissl.parts import Parts
     from bissl.runtime import GracefulStop, RunDir, StopRequested
 
     config = load_config(None, SETTINGS)

@@ -219,7 +219,7 @@ def _study_doc_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _study_doc(args: argparse.Namespace) -> int:
-    from bissl.study_report import write_evidence
+    from bissl.report.evidence import write_evidence
 
     print(write_evidence(Path(args.run_dir), Path(args.out)))
     return 0

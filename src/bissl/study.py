@@ -17,14 +17,37 @@ import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, cast
 
+from bissl.checkpoint import require_file
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import ConfigError
-from bissl.experiment import PART_READS, TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
+from bissl.eval.stats import compare_to_reference, holm, paired_comparison, summarize
+from bissl.parts import PART_READS, TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
+from bissl.report.schema import (
+    RESULTS_FILE,
+    Hypothesis,
+    PrimaryHypotheses,
+    ReferenceDifference,
+    SeedStatistics,
+    StudyArmResults,
+    StudyArmSpec,
+    StudyControl,
+    StudyResults,
+    StudySeed,
+    VersusMatched,
+    seed_value,
+    write_study_results,
+)
+from bissl.report.study import format_table, write_study_report
 from bissl.runtime import GracefulStop, RunDir
 
-RESULTS_FILE = "results.json"
+# The training stages (bissl.train.*) are imported inside the functions that run their parts: they load the
+# training stack (torchvision models, kornia augmentations, optuna), which a study refused by its checks, or
+# one whose parts have all finished, does not need.
+
+METRIC: Final = "test_top1"
+SHARED_METRIC: Final = "test_top1_shared"
 ALIGNMENT_KEYS = ("knn_top1", "probe_top1")
 BN_CONTROL = "bn-recalibrated"
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -140,8 +163,6 @@ def _probe_part(parts: Parts, name: str, folder: Path, config: Config, backbone:
 def _pretext_part(parts: Parts, config: Config, root: Path) -> str:
     """The study's one pretext checkpoint: ``pretext_checkpoint`` when given, else pretrained here."""
     if config.pretext_checkpoint is not None:
-        from bissl.checkpoint import require_file
-
         require_file(config.pretext_checkpoint, "pretext checkpoint", "check pretext_checkpoint=PATH")
         return config.pretext_checkpoint
     from bissl.train.pretrain import pretrain
@@ -193,11 +214,7 @@ def run_arm(parts: Parts, config: Config, arm: StudyArm, seed: int, pretext: str
 
 def reference_setting(root: Path, reference: str, seed: int) -> tuple[float, float] | None:
     """The (lr, weight decay) the reference arm's search chose at ``seed``, or None before it finished."""
-    summary = read_summary(root / "arms" / reference / f"seed-{seed}" / "finetune")
-    best = ((summary or {}).get("search") or {}).get("best") or {}
-    if "lr" not in best or "weight_decay" not in best:
-        return None
-    return float(best["lr"]), float(best["weight_decay"])
+    return _chosen_setting(read_summary(root / "arms" / reference / f"seed-{seed}" / "finetune"))
 
 
 def arm_seeds(study: StudyConfig, arm: StudyArm) -> list[int]:
@@ -261,7 +278,7 @@ def walk_parts(parts: Parts, config: Config) -> None:
 
 def study(
     config: Config, run: RunDir, *, stop: GracefulStop | None = None, resume: bool = True
-) -> dict[str, Any]:
+) -> StudyResults:
     """Run every arm at every pipeline seed (seed-major, so finished seeds pair across arms), the BatchNorm
     control, the statistics; rewrite results.json and report.html after each arm and seed."""
     stop = stop or GracefulStop()
@@ -280,8 +297,6 @@ def study(
             results = _publish(config, run, pretext)
             stop.check()
     results = _publish(config, run, pretext)
-    from bissl.study_report import format_table
-
     print(format_table(results))
     print(f"report: {root / 'report.html'}")
     run.write_summary({"stage": "study", "results": RESULTS_FILE, "complete": results["complete"]})
@@ -351,54 +366,66 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def _publish(config: Config, run: RunDir, pretext: str) -> dict[str, Any]:
-    from bissl.study_report import write_study_report
-
-    results = collect_results(config, run.path, pretext)
-    run.write_json(RESULTS_FILE, results)
-    write_study_report(run.path)
+def _publish(config: Config, run: RunDir, pretext: str) -> StudyResults:
+    results = write_study_results(run, collect_results(config, run.path, pretext))
+    write_study_report(run.path, results)
     return results
 
 
-def _seed_block(folder: Path, metric: str) -> dict[str, Any] | None:
-    """One arm's numbers at one pipeline seed: ``metric`` from its own search's seeds, ``metric_shared`` from
-    the seeds at the reference's setting; None while neither has finished."""
-    block: dict[str, Any] = {}
-    finetune = read_summary(folder / "finetune") or {}
-    values = _seed_values(finetune, metric)
-    if values:
-        best = (finetune.get("search") or {}).get("best") or {}
-        block |= {
-            metric: sum(values) / len(values),
-            "finetune_values": values,
-            "finetune_seeds": [int(seed["seed"]) for seed in finetune.get("seeds") or []],
-            "lr": best.get("lr"),
-            "weight_decay": best.get("weight_decay"),
-        }
-    shared = read_summary(folder / "finetune-shared")
-    shared_values = _seed_values(shared, metric)
+def _seed_block(folder: Path) -> StudySeed | None:
+    """One arm's numbers at one pipeline seed: ``test_top1`` from its own search's seeds, ``test_top1_shared``
+    from the seeds at the reference's setting; None while neither has finished."""
+    block: StudySeed = {}
+    finetune = read_summary(folder / "finetune")
+    values = _seed_values(finetune, METRIC)
+    if finetune is not None and values:
+        best = _best(finetune)
+        block["test_top1"] = sum(values) / len(values)
+        block["finetune_values"] = list(values)
+        block["finetune_seeds"] = [int(seed["seed"]) for seed in finetune.get("seeds") or []]
+        block["lr"] = best.get("lr")
+        block["weight_decay"] = best.get("weight_decay")
+    shared_values = _seed_values(read_summary(folder / "finetune-shared"), METRIC)
     if shared_values:
-        block |= {f"{metric}_shared": sum(shared_values) / len(shared_values), "shared_values": shared_values}
+        block["test_top1_shared"] = sum(shared_values) / len(shared_values)
+        block["shared_values"] = list(shared_values)
     if not block:
         return None
-    probes = read_summary(folder / "alignment") or {}
-    for key in ALIGNMENT_KEYS:
-        block[key] = probes.get(key)
+    _add_probes(block, read_summary(folder / "alignment") or {})
     return block
 
 
+def _add_probes(block: StudySeed, probes: dict[str, Any]) -> None:
+    """The frozen backbone's k-NN and linear-probe top-1 (null when not measured)."""
+    block["knn_top1"] = probes.get("knn_top1")
+    block["probe_top1"] = probes.get("probe_top1")
+
+
+def _best(summary: dict[str, Any]) -> dict[str, Any]:
+    """The setting a search part chose (``search.best`` of its summary; {} when it has none)."""
+    search = summary.get("search")
+    best = search.get("best") if isinstance(search, dict) else None
+    return best if isinstance(best, dict) else {}
+
+
+def _chosen_setting(summary: dict[str, Any] | None) -> tuple[float, float] | None:
+    best = _best(summary) if summary is not None else {}
+    if "lr" not in best or "weight_decay" not in best:
+        return None
+    return float(best["lr"]), float(best["weight_decay"])
+
+
 def _seed_values(summary: dict[str, Any] | None, metric: str) -> list[float]:
-    return [float(seed[metric]) for seed in (summary or {}).get("seeds") or [] if metric in seed]
+    seeds = summary.get("seeds") if summary is not None else None
+    return [float(seed[metric]) for seed in seeds or [] if metric in seed]
 
 
-def _summaries(per_seed: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
-    from bissl.eval.stats import summarize
-
-    summary: dict[str, Any] = {}
+def _summaries(per_seed: dict[str, StudySeed], keys: tuple[str, ...]) -> dict[str, SeedStatistics]:
+    summary: dict[str, SeedStatistics] = {}
     for key in keys:
-        values = [block[key] for block in per_seed.values() if isinstance(block.get(key), int | float)]
+        values = [value for block in per_seed.values() if (value := seed_value(block, key)) is not None]
         if values and all(math.isfinite(v) for v in values):
-            summary[key] = summarize(values)
+            summary[key] = cast(SeedStatistics, summarize(values))
     return summary
 
 
@@ -410,12 +437,10 @@ def _arm_seconds(timings: dict[str, float], prefix: str) -> dict[str, float]:
 
 def primary_hypotheses(
     by_arm: dict[str, dict[int, float]], arm: str, reference: str, matched: list[str], statistic: str
-) -> dict[str, Any]:
+) -> PrimaryHypotheses:
     """H1 (``arm`` beats ``reference``) and H2 (``arm`` beats the matched-compute arm): paired over pipeline
     seeds on ``statistic``, one-sided paired t-tests, Holm-adjusted over the two hypotheses."""
-    from bissl.eval.stats import holm, paired_comparison
-
-    tests: dict[str, Any] = {}
+    tests: dict[str, Hypothesis] = {}
     for name, against in (("H1", reference), ("H2", matched[0] if matched else None)):
         if against is None:
             continue
@@ -424,58 +449,63 @@ def primary_hypotheses(
         if not common:
             continue
         result = paired_comparison([base[s] for s in common], [own[s] for s in common])
-        tests[name] = result | {"arm": arm, "against": against, "seeds": common}
+        tests[name] = cast(Hypothesis, result | {"arm": arm, "against": against, "seeds": common})
     names = list(tests)
     for name, value in zip(names, holm([tests[n]["t_pvalue_greater"] for n in names]), strict=True):
         tests[name]["t_pvalue_greater_holm"] = value
     return {"arm": arm, "statistic": statistic, "alpha": 0.05, "tests": tests}
 
 
-def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
+def _compared(per_seed: dict[str, dict[int, float]], reference: str) -> dict[str, ReferenceDifference]:
+    """``compare_to_reference``: every arm in ``per_seed`` against ``reference``, Holm-adjusted over them."""
+    return cast("dict[str, ReferenceDifference]", compare_to_reference(per_seed, reference))
+
+
+def collect_results(config: Config, root: Path, pretext: str) -> StudyResults:
     """results.json from what has finished in ``root``: per-arm per-seed numbers, summaries over pipeline
     seeds, paired comparisons against the reference arm (Holm-adjusted over arms), the BN control, wall times."""
-    from bissl.eval.stats import compare_to_reference
-
     study_config = config.study
-    metric = "test_top1"
     timings = read_timings(root / TIMINGS_FILE)
-    shared_metric = f"{metric}_shared"
     shared_mode = study_config.shared_hyperparameters
-    arms: dict[str, Any] = {}
-    keys = (metric, shared_metric, *ALIGNMENT_KEYS) if shared_mode else (metric, *ALIGNMENT_KEYS)
+    arms: dict[str, StudyArmResults] = {}
+    keys = (METRIC, SHARED_METRIC, *ALIGNMENT_KEYS) if shared_mode else (METRIC, *ALIGNMENT_KEYS)
     values: dict[str, dict[str, dict[int, float]]] = {key: {} for key in keys}
     for arm in study_config.arms:
-        per_seed: dict[str, Any] = {}
+        per_seed: dict[str, StudySeed] = {}
         for seed in arm_seeds(study_config, arm):
-            block = _seed_block(root / "arms" / arm.name / f"seed-{seed}", metric)
+            block = _seed_block(root / "arms" / arm.name / f"seed-{seed}")
             if block is None:
                 continue
-            if shared_mode and arm.name == study_config.reference and metric in block:
-                block[shared_metric] = block[metric]  # the reference's own setting is the shared one
+            if shared_mode and arm.name == study_config.reference and METRIC in block:
+                block[SHARED_METRIC] = block[METRIC]  # the reference's own setting is the shared one
             block["seconds"] = _arm_seconds(timings, f"{arm.name}/seed-{seed}")
             block["total_seconds"] = sum(block["seconds"].values())
             per_seed[str(seed)] = block
             for key in values:
-                if isinstance(block.get(key), int | float):
-                    values[key].setdefault(arm.name, {})[seed] = float(block[key])
-        totals = [block["total_seconds"] for block in per_seed.values()]
+                value = seed_value(block, key)
+                if value is not None:
+                    values[key].setdefault(arm.name, {})[seed] = value
+        totals = [block.get("total_seconds", 0.0) for block in per_seed.values()]
         arms[arm.name] = {
-            "spec": dataclasses.asdict(arm),
+            "spec": cast(StudyArmSpec, dataclasses.asdict(arm)),
             "seeds": per_seed,
             "summary": _summaries(per_seed, keys),
             "seconds_per_seed": sum(totals) / len(totals) if totals else None,
             "complete": len(per_seed) == len(arm_seeds(study_config, arm)),
         }
-    controls: dict[str, Any] = {}
-    bn_seeds: dict[str, Any] = {}
+    controls: dict[str, StudyControl] = {}
+    bn_seeds: dict[str, StudySeed] = {}
     for seed in study_config.pipeline_seeds:
         probes = read_summary(root / "controls" / BN_CONTROL / f"seed-{seed}" / "alignment")
         if probes is not None:
-            bn_seeds[str(seed)] = {key: probes.get(key) for key in ALIGNMENT_KEYS}
-            bn_seeds[str(seed)]["seconds"] = _arm_seconds(timings, f"{BN_CONTROL}/seed-{seed}")
+            control: StudySeed = {}
+            _add_probes(control, probes)
+            control["seconds"] = _arm_seconds(timings, f"{BN_CONTROL}/seed-{seed}")
+            bn_seeds[str(seed)] = control
             for key in ALIGNMENT_KEYS:
-                if isinstance(probes.get(key), int | float):
-                    values[key].setdefault(BN_CONTROL, {})[seed] = float(probes[key])
+                value = seed_value(control, key)
+                if value is not None:
+                    values[key].setdefault(BN_CONTROL, {})[seed] = value
     if bn_seeds:
         controls[BN_CONTROL] = {
             "of": study_config.reference,
@@ -483,13 +513,13 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
             "summary": _summaries(bn_seeds, ALIGNMENT_KEYS),
         }
     primary_arm = study_config.primary_arm
-    statistic = shared_metric if shared_mode else metric
+    statistic = SHARED_METRIC if shared_mode else METRIC
     comparison = {
-        key: compare_to_reference(
+        key: _compared(
             {
                 name: seeds
                 for name, seeds in by_arm.items()
-                if (key not in (metric, shared_metric) or name != BN_CONTROL)
+                if (key not in (METRIC, SHARED_METRIC) or name != BN_CONTROL)
                 and (key != statistic or name != primary_arm)  # the primary comparison is H1, not secondary
             },
             study_config.reference,
@@ -497,24 +527,24 @@ def collect_results(config: Config, root: Path, pretext: str) -> dict[str, Any]:
         for key, by_arm in values.items()
     }
     matched = [a.name for a in study_config.arms if a.extra_pretext and not a.bilevel]
-    versus_matched: dict[str, Any] = {}
+    versus_matched = cast(VersusMatched, {})  # written as {} without a matched-compute arm
     if matched:
         bilevel_arms = {a.name for a in study_config.arms if a.bilevel}
         subset = {
-            name: seeds for name, seeds in values[metric].items() if name in bilevel_arms | {matched[0]}
+            name: seeds for name, seeds in values[METRIC].items() if name in bilevel_arms | {matched[0]}
         }
-        versus_matched = {"reference": matched[0], metric: compare_to_reference(subset, matched[0])}
+        versus_matched = {"reference": matched[0], "test_top1": _compared(subset, matched[0])}
     primary = (
         primary_hypotheses(values[statistic], primary_arm, study_config.reference, matched, statistic)
         if primary_arm is not None
-        else {}
+        else cast(PrimaryHypotheses, {})  # written as {} without a primary arm
     )
     expected = sum(len(arm_seeds(study_config, arm)) for arm in study_config.arms)
     finished = sum(len(arm["seeds"]) for arm in arms.values())
     return {
         "title": f"BiSSL evidence study: {config.data.pretext} -> {config.data.downstream}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "primary_metric": metric,
+        "primary_metric": METRIC,
         "reference": study_config.reference,
         "pipeline_seeds": list(study_config.pipeline_seeds),
         "finetune_seeds": config.search.seeds,

@@ -1,4 +1,4 @@
-"""The upper-level gradient against the dense formula of SPEC §3 and finite differences of the bilevel objective."""
+"""The upper-level gradient against the dense formula (docs/method.md: Implicit gradient) and finite differences of the bilevel objective."""
 
 from __future__ import annotations
 

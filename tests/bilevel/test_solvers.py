@@ -1,4 +1,4 @@
-"""Solvers against dense linear algebra and against a direct transcription of SPEC §3.1."""
+"""Solvers against dense linear algebra and against a direct transcription of the layerwise CG (docs/method.md: Conjugate gradient)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _relative(a: Tensor, b: Tensor) -> float:
 
 
 def spec_layerwise_cg(matrix: Tensor, b: Tensor, iterations: int) -> list[Tensor]:
-    """SPEC §3.1 written out over index ranges: iterate k = 1..K as flat vectors."""
+    """The layerwise CG written out over index ranges: iterate k = 1..K as flat vectors."""
     ranges, offset = [], 0
     for shape in SHAPES:
         ranges.append(range(offset, offset + math.prod(shape)))

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 from bissl.report.figures import figure_html, has_values, new_figure, series, style_axis
 from bissl.report.markup import count_text, general_text, note_html, table_html
-from bissl.report.results import as_list, as_mapping, as_number
+from bissl.report.results import as_number
+from bissl.report.schema import CompareResults
 
 
-def curvature_section(results: Mapping[str, Any]) -> str:
+def curvature_section(results: CompareResults) -> str:
     """Curves of the curvature diagnostics over alternations (``bilevel.diagnose_every``), or a note saying
     that the bilevel metrics hold none."""
     points = [
-        as_mapping(point)
-        for point in as_list(as_mapping(results.get("curves")).get("bilevel"))
-        if as_number(as_mapping(point).get("lambda_min")) is not None
+        point for point in results["curves"]["bilevel"] if as_number(point.get("lambda_min")) is not None
     ]
     if not points:
         return note_html(
@@ -26,7 +23,8 @@ def curvature_section(results: Mapping[str, Any]) -> str:
         )
     from matplotlib import ticker
 
-    lam = as_number(as_mapping(as_mapping(results.get("config")).get("bilevel")).get("lam")) or 0.0
+    bilevel = results["config"].get("bilevel")
+    lam = (as_number(bilevel.get("lam")) if isinstance(bilevel, dict) else None) or 0.0
     x_key = "alternation"
     xs, damping = series(points, x_key, "damping")
     threshold = [-(lam + value) for value in damping]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 from bissl.report.figures import (
     REGULARISER_COLOUR,
@@ -16,23 +14,24 @@ from bissl.report.figures import (
     style_axis,
 )
 from bissl.report.markup import note_html
-from bissl.report.results import arm_label, arm_names, as_list, as_mapping
+from bissl.report.results import arm_label, arm_names
+from bissl.report.schema import CompareResults, Record
 
 
-def curves_section(results: Mapping[str, Any]) -> str:
-    curves = as_mapping(results.get("curves"))
+def curves_section(results: CompareResults) -> str:
+    curves = results["curves"]
     parts = [
         "<h3>Bilevel stage</h3>",
-        _bilevel_figure(as_list(curves.get("bilevel"))),
+        _bilevel_figure(curves["bilevel"]),
         "<h3>Pretraining</h3>",
-        _pretrain_figure(as_list(curves.get("pretrain"))),
+        _pretrain_figure(curves["pretrain"]),
         "<h3>Fine-tuning (seed 0)</h3>",
-        _finetune_figure(as_mapping(curves.get("finetune"))),
+        _finetune_figure(curves["finetune"]),
     ]
     return "\n".join(parts)
 
 
-def _bilevel_figure(points: list[Any]) -> str:
+def _bilevel_figure(points: list[Record]) -> str:
     if not points:
         return note_html("No bilevel curve was recorded (it exists only when the BiSSL arm ran).")
     from matplotlib import ticker
@@ -103,7 +102,7 @@ def _bilevel_figure(points: list[Any]) -> str:
     return figure_html(figure, "learning curves of the bilevel stage", caption)
 
 
-def _pretrain_figure(points: list[Any]) -> str:
+def _pretrain_figure(points: list[Record]) -> str:
     xs, ys = series(points, "step", "loss")
     if not has_values(ys):
         return note_html("No pretraining curve was recorded (the pretext checkpoint may have been loaded).")
@@ -113,9 +112,8 @@ def _pretrain_figure(points: list[Any]) -> str:
     return figure_html(figure, "pretraining loss per step")
 
 
-def _finetune_figure(curves: Mapping[str, Any]) -> str:
-    names = arm_names(curves)
-    drawn = {name: as_list(curves[name]) for name in names if as_list(curves[name])}
+def _finetune_figure(curves: dict[str, list[Record]]) -> str:
+    drawn = {name: curves[name] for name in arm_names(curves) if curves[name]}
     if not drawn:
         return note_html("No fine-tuning curve was recorded.")
     figure, (validation_axis, loss_axis) = new_figure(11.0, 3.4, columns=2)

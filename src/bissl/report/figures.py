@@ -7,10 +7,11 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bissl.report.markup import escape, note_html
-from bissl.report.results import RESULTS_FILE, as_mapping, as_number
+from bissl.report.results import as_number
+from bissl.report.schema import RESULTS_FILE, Record
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -95,14 +96,13 @@ def embedded_file(run_dir: Path, relative: str, alt: str) -> str:
     return _image_html(png, alt, caption=relative)
 
 
-def series(points: Sequence[Any], x_key: str, y_key: str) -> tuple[list[float], list[float]]:
+def series(points: Sequence[Record], x_key: str, y_key: str) -> tuple[list[float], list[float]]:
     """x and y of a curve; points without the value become NaN so that the line shows a gap."""
     xs: list[float] = []
     ys: list[float] = []
     for position, point in enumerate(points):
-        record = as_mapping(point)
-        x = as_number(record.get(x_key))
-        y = as_number(record.get(y_key))
+        x = as_number(point.get(x_key))
+        y = as_number(point.get(y_key))
         xs.append(float(position) if x is None else x)
         ys.append(math.nan if y is None else y)
     return xs, ys

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
 from bissl.report.results import as_number
+from bissl.report.schema import SeedStatistics
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; color: #222;
@@ -81,12 +82,13 @@ def duration_text(value: Any) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def _interval_text(low: float | None, high: float | None) -> str:
+def interval_text(low: float | None, high: float | None) -> str:
     return "n/a" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
 
 
-def _mean_std(summary: Mapping[str, Any]) -> str:
-    mean, std = as_number(summary.get("mean")), as_number(summary.get("std"))
+def mean_std_text(summary: SeedStatistics) -> str:
+    """ "mean ± std" of a metric over seeds."""
+    mean, std = as_number(summary["mean"]), as_number(summary["std"])
     if mean is None:
         return "n/a"
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} ± n/a"

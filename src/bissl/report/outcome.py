@@ -3,61 +3,59 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
-from typing import Any
 
 from bissl.report.figures import arm_colour, figure_html, new_figure, style_axis
 from bissl.report.markup import (
-    _interval_text,
-    _mean_std,
     count_text,
     fixed_text,
     general_text,
+    interval_text,
+    mean_std_text,
     note_html,
     pvalue_text,
     signed_text,
     table_html,
 )
 from bissl.report.results import (
-    _interval,
-    _metric_summary,
-    _seed_values,
-    _test_metrics,
+    ARM_ORDER,
     arm_label,
-    as_list,
-    as_mapping,
     as_number,
+    interval,
     metric_label,
+    metric_summary,
     ordered_arms,
     primary_metric_key,
+    reported_metrics,
+    seed_values,
 )
+from bissl.report.schema import CompareResults
 
 # The signed-rank test cannot reach a two-sided p below 0.05 with fewer paired seeds than this.
 SMALL_SAMPLE_SEEDS = 6
 
 
-def summary_sentence(results: Mapping[str, Any]) -> str:
+def summary_sentence(results: CompareResults) -> str:
     """One plain-text sentence: which arm won on the primary metric, by how much, how sure we can be."""
     primary = primary_metric_key(results)
     label = metric_label(primary)
     arms = ordered_arms(results)
     if not ("baseline" in arms and "bissl" in arms):
         only = next(iter(arms))
-        summary = _metric_summary(arms[only], primary)
+        summary = metric_summary(arms[only], primary)
         return (
             f"Only the {arm_label(only)} arm ran, so there is no comparison: its {label} is "
-            f"{_mean_std(summary)} over {count_text(summary.get('n'))} seeds."
+            f"{mean_std_text(summary)} over {count_text(summary['n'])} seeds."
         )
-    entry = as_mapping(as_mapping(results.get("comparison")).get(primary))
-    difference = as_number(entry.get("mean_difference"))
-    if difference is None:
+    entry = results["comparison"].get(primary)
+    difference = None if entry is None else as_number(entry["mean_difference"])
+    if entry is None or difference is None:
         return (
             f"No paired comparison on {label} was recorded: BiSSL reached "
-            f"{_mean_std(_metric_summary(arms['bissl'], primary))} and the baseline "
-            f"{_mean_std(_metric_summary(arms['baseline'], primary))} (mean ± std over seeds)."
+            f"{mean_std_text(metric_summary(arms['bissl'], primary))} and the baseline "
+            f"{mean_std_text(metric_summary(arms['baseline'], primary))} (mean ± std over seeds)."
         )
-    seeds = as_number(entry.get("n"))
-    low, high = _interval(entry.get("ci95"))
+    seeds = as_number(entry["n"])
+    low, high = interval(entry["ci95"])
     if difference > 0:
         lead = f"BiSSL beat the baseline on {label} by {abs(difference):.2f} points"
     elif difference < 0:
@@ -65,9 +63,9 @@ def summary_sentence(results: Mapping[str, Any]) -> str:
     else:
         lead = f"BiSSL and the baseline tied on {label}"
     details = (
-        f" (mean paired difference BiSSL − baseline {difference:+.2f}; 95% CI {_interval_text(low, high)}; "
-        f"paired t-test p = {pvalue_text(entry.get('t_pvalue'))}, "
-        f"Wilcoxon p = {pvalue_text(entry.get('wilcoxon_pvalue'))}; "
+        f" (mean paired difference BiSSL − baseline {difference:+.2f}; 95% CI {interval_text(low, high)}; "
+        f"paired t-test p = {pvalue_text(entry['t_pvalue'])}, "
+        f"Wilcoxon p = {pvalue_text(entry['wilcoxon_pvalue'])}; "
         f"n = {count_text(seeds)} paired seeds)"
     )
     small = seeds is not None and seeds < SMALL_SAMPLE_SEEDS
@@ -90,8 +88,8 @@ def summary_sentence(results: Mapping[str, Any]) -> str:
     return lead + details + remark + "."
 
 
-def results_section(results: Mapping[str, Any]) -> str:
-    metrics = _test_metrics(results)
+def results_section(results: CompareResults) -> str:
+    metrics = reported_metrics(results)
     headers = [
         "Arm",
         "Backbone",
@@ -104,21 +102,21 @@ def results_section(results: Mapping[str, Any]) -> str:
     ]
     rows = []
     for name, arm in ordered_arms(results).items():
-        search = as_mapping(arm.get("search"))
-        best = as_mapping(search.get("best"))
-        seeds = count_text(_metric_summary(arm, metrics[0]).get("n"))
-        if seeds == "n/a" and isinstance(arm.get("seeds"), list):
+        search = arm["search"]
+        best = search["best"]
+        seeds = count_text(metric_summary(arm, metrics[0])["n"])
+        if seeds == "n/a" and arm["seeds"]:
             seeds = str(len(arm["seeds"]))
         rows.append(
             [
                 arm_label(name),
-                str(arm.get("backbone", "n/a")),
-                *[_mean_std(_metric_summary(arm, metric)) for metric in metrics],
+                arm["backbone"] or "n/a",
+                *[mean_std_text(metric_summary(arm, metric)) for metric in metrics],
                 seeds,
                 general_text(best.get("lr")),
                 general_text(best.get("weight_decay")),
                 fixed_text(best.get("value")),
-                str(len(as_list(search.get("trials")))),
+                str(len(search["trials"])),
             ]
         )
     numeric = [False, False, *[True] * (len(headers) - 2)]
@@ -131,17 +129,19 @@ def results_section(results: Mapping[str, Any]) -> str:
     )
 
 
-def per_seed_section(results: Mapping[str, Any]) -> str:
+def per_seed_section(results: CompareResults) -> str:
     arms = ordered_arms(results)
     panels = [
-        metric for metric in _test_metrics(results) if any(_seed_values(arm, metric) for arm in arms.values())
+        metric
+        for metric in reported_metrics(results)
+        if any(seed_values(arm, metric) for arm in arms.values())
     ]
     if not panels:
         return note_html("No per-seed test metric was recorded.")
     figure, axes = new_figure(0.8 + 3.0 * len(panels), 3.6, columns=len(panels))
     names = list(arms)
     for axis, metric in zip(axes, panels):
-        values = {name: _seed_values(arm, metric) for name, arm in arms.items()}
+        values = {name: seed_values(arm, metric) for name, arm in arms.items()}
         for left, right in itertools.pairwise(names):
             for seed in sorted(values[left].keys() & values[right].keys()):
                 x_left, x_right = names.index(left), names.index(right)
@@ -170,23 +170,23 @@ def per_seed_section(results: Mapping[str, Any]) -> str:
     )
 
 
-def statistics_section(results: Mapping[str, Any]) -> str:
-    comparison = as_mapping(results.get("comparison"))
+def statistics_section(results: CompareResults) -> str:
+    comparison = results["comparison"]
     if not comparison:
         return note_html("No paired comparison was recorded (it needs both arms).")
     primary = primary_metric_key(results)
     metrics = ([primary] if primary in comparison else []) + [key for key in comparison if key != primary]
     rows = []
     for metric in metrics:
-        entry = as_mapping(comparison[metric])
+        entry = comparison[metric]
         rows.append(
             [
                 metric_label(metric),
-                count_text(entry.get("n")),
-                signed_text(entry.get("mean_difference")),
-                _interval_text(*_interval(entry.get("ci95"))),
-                pvalue_text(entry.get("t_pvalue")),
-                pvalue_text(entry.get("wilcoxon_pvalue")),
+                count_text(entry["n"]),
+                signed_text(entry["mean_difference"]),
+                interval_text(*interval(entry["ci95"])),
+                pvalue_text(entry["t_pvalue"]),
+                pvalue_text(entry["wilcoxon_pvalue"]),
             ]
         )
     headers = ["Metric", "Paired seeds", "Mean difference", "95% CI", "Paired t-test p", "Wilcoxon p"]
@@ -198,3 +198,39 @@ def statistics_section(results: Mapping[str, Any]) -> str:
             "The interval is Student-t; both tests are two-sided."
         )
     )
+
+
+def format_compare_table(results: CompareResults) -> str:
+    """The short plain-text table printed at the end of ``bissl compare`` (and shown in the README)."""
+    metric = primary_metric_key(results)
+    lines = [
+        f"{'arm':<10} {'test ' + results['primary_metric'] + ' (mean ± std)':<26} {'k-NN':>7} {'probe':>7}  lr / wd"
+    ]
+    arms = results["arms"]
+    for name in ARM_ORDER:
+        if name not in arms:
+            continue
+        summary = metric_summary(arms[name], metric)
+        probe = results["probes"].get(name, {})
+        best = arms[name]["search"]["best"]
+        mean, std = summary["mean"], summary["std"]
+        cell = f"{mean:.2f} ± {std or 0.0:.2f} (n={summary['n']})" if mean is not None else "n/a"
+        knn = probe.get("knn_top1")
+        linear = probe.get("probe_top1") if probe.get("probe_top1") is not None else probe.get("probe_map")
+        lines.append(
+            f"{name:<10} {cell:<26} {_plain_number(knn, '.2f'):>7} {_plain_number(linear, '.2f'):>7}"
+            f"  {_plain_number(best.get('lr'), '.3g')} / {_plain_number(best.get('weight_decay'), '.3g')}"
+        )
+    difference = results["comparison"].get(metric)
+    if difference is not None and difference["mean_difference"] is not None:
+        low, high = interval(difference["ci95"])
+        lines.append(
+            f"BiSSL − baseline: {difference['mean_difference']:+.2f} (95% CI {_plain_number(low, '+.2f')} … "
+            f"{_plain_number(high, '+.2f')}, paired t p={_plain_number(difference['t_pvalue'], '.3g')}, "
+            f"Wilcoxon p={_plain_number(difference['wilcoxon_pvalue'], '.3g')})"
+        )
+    return "\n".join(lines)
+
+
+def _plain_number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from bissl.errors import BisslError
 from bissl.report.curvature import curvature_section
@@ -12,8 +10,9 @@ from bissl.report.curves import curves_section
 from bissl.report.markup import STYLE, config_yaml, escape, section_html
 from bissl.report.outcome import per_seed_section, results_section, statistics_section, summary_sentence
 from bissl.report.probes import extra_figures_section, probes_section, tsne_section
-from bissl.report.results import RESULTS_FILE, as_mapping, load_results, metric_label, primary_metric_key
+from bissl.report.results import metric_label, primary_metric_key
 from bissl.report.run_details import search_section, timings_section
+from bissl.report.schema import RESULTS_FILE, CompareResults, load_compare_results
 
 REPORT_FILE = "report.html"
 SECTIONS = (
@@ -41,7 +40,7 @@ def write_report(run_dir: Path) -> Path:
     Raises BisslError with a one-line message when the folder or results.json is missing or malformed.
     """
     run_dir = Path(run_dir)
-    results = load_results(run_dir)
+    results = load_compare_results(run_dir)
     output = run_dir / REPORT_FILE
     if output.is_dir():
         raise BisslError(f"{output} is a folder; remove or rename it, then rerun 'bissl report {run_dir}'")
@@ -59,9 +58,9 @@ def write_report(run_dir: Path) -> Path:
     return output
 
 
-def render_report(results: Mapping[str, Any], run_dir: Path) -> str:
+def render_report(results: CompareResults, run_dir: Path) -> str:
     """The whole HTML document for checked results; figure files are looked up relative to ``run_dir``."""
-    title = str(results["title"])
+    title = results["title"]
     builders = {
         "summary": lambda: f'<p class="lead">{escape(summary_sentence(results))}</p>',
         "results": lambda: results_section(results),
@@ -109,12 +108,12 @@ def render_report(results: Mapping[str, Any], run_dir: Path) -> str:
     )
 
 
-def _meta_line(results: Mapping[str, Any]) -> str:
-    datasets = as_mapping(results.get("datasets"))
-    fairness = str(results.get("fairness"))
+def _meta_line(results: CompareResults) -> str:
+    datasets = results["datasets"]
+    fairness = results["fairness"]
     parts = [
-        f"created {results.get('created')}",
-        f"pretext {datasets.get('pretext', 'n/a')} → downstream {datasets.get('downstream', 'n/a')}",
+        f"created {results['created']}",
+        f"pretext {datasets['pretext'] or 'n/a'} → downstream {datasets['downstream'] or 'n/a'}",
         f"primary metric {metric_label(primary_metric_key(results))}",
         f"fairness {fairness} ({FAIRNESS_NOTES.get(fairness, 'unknown mode')})",
     ]

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from bissl.report.figures import embedded_file
 from bissl.report.markup import escape, fixed_text, note_html, section_html, table_html
-from bissl.report.results import arm_label, arm_names, as_mapping
+from bissl.report.results import arm_label, arm_names
+from bissl.report.schema import CompareResults
 
 
-def probes_section(results: Mapping[str, Any]) -> str:
-    probes = as_mapping(results.get("probes"))
+def probes_section(results: CompareResults) -> str:
+    probes = results["probes"]
     names = arm_names(probes)
     if not names:
         return note_html("No probe was recorded.")
     rows = [
         [
             arm_label(name),
-            fixed_text(as_mapping(probes[name]).get("knn_top1")),
-            fixed_text(as_mapping(probes[name]).get("probe_top1")),
+            fixed_text(probes[name].get("knn_top1")),
+            fixed_text(probes[name].get("probe_top1")),
         ]
         for name in names
     ]
@@ -31,21 +30,19 @@ def probes_section(results: Mapping[str, Any]) -> str:
     )
 
 
-def tsne_section(results: Mapping[str, Any], run_dir: Path) -> str:
-    relative = as_mapping(results.get("figures")).get("tsne")
+def tsne_section(results: CompareResults, run_dir: Path) -> str:
+    relative = results["figures"].get("tsne")
     if not relative:
         return note_html("No t-SNE figure was produced for this run.")
-    return embedded_file(run_dir, str(relative), "t-SNE of frozen downstream features, baseline beside BiSSL")
+    return embedded_file(run_dir, relative, "t-SNE of frozen downstream features, baseline beside BiSSL")
 
 
-def extra_figures_section(results: Mapping[str, Any], run_dir: Path) -> str:
+def extra_figures_section(results: CompareResults, run_dir: Path) -> str:
     """Figure files named in results.json besides the t-SNE, so that none is silently dropped."""
-    extra = {
-        key: value for key, value in as_mapping(results.get("figures")).items() if key != "tsne" and value
-    }
+    extra = {key: value for key, value in results["figures"].items() if key != "tsne" and value}
     if not extra:
         return ""
     body = "\n".join(
-        f"<h3>{escape(key)}</h3>\n{embedded_file(run_dir, str(value), key)}" for key, value in extra.items()
+        f"<h3>{escape(key)}</h3>\n{embedded_file(run_dir, value, key)}" for key, value in extra.items()
     )
     return section_html("figures", "Other figures", body)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 from bissl.report.figures import series
 from bissl.report.markup import (
@@ -16,22 +14,22 @@ from bissl.report.markup import (
     note_html,
     table_html,
 )
-from bissl.report.results import arm_label, as_list, as_mapping, as_number, ordered_arms
+from bissl.report.results import arm_label, as_number, ordered_arms
+from bissl.report.schema import CompareResults, Record
 
 TOP_TRIALS = 10
 
 
-def search_section(results: Mapping[str, Any]) -> str:
+def search_section(results: CompareResults) -> str:
     parts = []
     for name, arm in ordered_arms(results).items():
-        search = as_mapping(arm.get("search"))
-        trials = [as_mapping(trial) for trial in as_list(search.get("trials"))]
+        trials = arm["search"]["trials"]
         parts.append(f"<h3>{escape(arm_label(name))}</h3>")
         if not trials:
             parts.append(note_html("No search trial was recorded."))
             continue
 
-        def rank(trial: Mapping[str, Any]) -> tuple[bool, float]:
+        def rank(trial: Record) -> tuple[bool, float]:
             value = as_number(trial.get("value"))
             return (value is None, -(value or 0.0))
 
@@ -62,8 +60,8 @@ def search_section(results: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def timings_section(results: Mapping[str, Any]) -> str:
-    timings = as_mapping(results.get("timings"))
+def timings_section(results: CompareResults) -> str:
+    timings = results["timings"]
     if not timings:
         return note_html("No wall time was recorded.")
     total = sum(value for value in (as_number(seconds) for seconds in timings.values()) if value is not None)
@@ -74,7 +72,7 @@ def timings_section(results: Mapping[str, Any]) -> str:
         rows.append([str(stage), fixed_text(seconds, 1), duration_text(seconds), share])
     rows.append(["total", f"{total:.1f}", duration_text(total), "100.0%" if total > 0 else "n/a"])
     parts = [table_html(["Stage", "Seconds", "h:mm:ss", "Share"], rows, [False, True, True, True])]
-    bilevel = as_list(as_mapping(results.get("curves")).get("bilevel"))
+    bilevel = results["curves"]["bilevel"]
     lower = [value for value in series(bilevel, "alternation", "lower_seconds")[1] if math.isfinite(value)]
     upper = [value for value in series(bilevel, "alternation", "upper_seconds")[1] if math.isfinite(value)]
     if lower and upper:

@@ -8,33 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from bissl import cli
-from bissl.models import recompute_batchnorm_statistics
 from tests.tiny import TINY
 
 DIGITS = [*[o for o in TINY if not o.startswith("data.downstream=")], "data.downstream=digits"]
-
-
-def test_recomputed_statistics_are_the_average_over_the_batches() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU(), nn.Flatten())
-    model.eval()
-    batches = [torch.randn(4, 2, 6, 6) for _ in range(3)]
-    weights = [p.detach().clone() for p in model.parameters()]
-    seen = recompute_batchnorm_statistics(model, batches)
-    assert seen == 12
-    with torch.no_grad():
-        outputs = [model[0](b) for b in batches]
-    means = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)
-    variances = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outputs]).mean(0)
-    norm = model[1]
-    assert torch.allclose(norm.running_mean, means, atol=1e-6)
-    assert torch.allclose(norm.running_var, variances, atol=1e-6)
-    assert norm.momentum == 0.3 and not model.training and not norm.training
-    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
 
 
 def _stage(tmp_path: Path, pretext: Path, mode: str) -> tuple[list[dict[str, float]], dict[str, object]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bissl import cli
 from bissl.report import write_report
-from tests.test_report import make_results, write_results
+from tests.report.test_report import make_results, write_results
 from tests.tiny import TINY
 
 DIAGNOSTICS = ("lambda_min", "lambda_max", "ritz_below", "true_residual", "cosine_first_order")

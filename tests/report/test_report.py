@@ -12,6 +12,7 @@ import pytest
 
 from bissl.errors import BisslError
 from bissl.report import summary_sentence, write_report
+from bissl.report.schema import compare_results
 
 SECTION_IDS = [
     "summary",
@@ -256,14 +257,14 @@ def test_summary_wording_follows_the_numbers() -> None:
     results = make_results()
     comparison = results["comparison"]["test_top1"]
     comparison.update(mean_difference=-1.5, ci95=[-2.5, -0.5], n=10, t_pvalue=0.004, wilcoxon_pvalue=0.0002)
-    sentence = summary_sentence(results)
+    sentence = summary_sentence(compare_results(results))
     assert sentence.startswith("The baseline beat BiSSL on test top-1 by 1.50 points")
     assert "p = 0.004" in sentence and "p = < 0.001" in sentence
     assert sentence.endswith("the interval excludes 0.") and "only" not in sentence
     comparison.update(ci95=[None, None], n=1)
-    assert "no interval" in summary_sentence(results)
+    assert "no interval" in summary_sentence(compare_results(results))
     comparison.update(ci95=[-1.0, 2.0], n=10)
-    assert "not significant at the 5% level" in summary_sentence(results)
+    assert "not significant at the 5% level" in summary_sentence(compare_results(results))
 
 
 def test_one_arm_with_null_numbers_and_a_missing_figure(tmp_path: Path) -> None:

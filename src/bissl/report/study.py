@@ -1,18 +1,14 @@
-"""The study's report: report.html in the study folder, and docs/evidence.md written from results.json alone
-(``bissl study-doc DIR --out docs/evidence.md``), both with a forest plot of every arm's difference from the
+"""The study's report: report.html in the study folder, with a forest plot of every arm's difference from the
 reference arm, per-seed dots, and each arm's cost; the conclusion is stated in plain words whatever its sign.
+Its sentences, tables and figure are also what docs/evidence.md is written from (``bissl.report.evidence``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Final
 
-from matplotlib.figure import Figure
-
-from bissl.errors import BisslError
 from bissl.report.figures import figure_html, new_figure
 from bissl.report.markup import (
     STYLE,
@@ -26,82 +22,77 @@ from bissl.report.markup import (
     table_html,
 )
 from bissl.report.results import as_number
+from bissl.report.schema import (
+    RESULTS_FILE,
+    Hypothesis,
+    PairedDifference,
+    ReferenceDifference,
+    SeedStatistics,
+    StudyArmResults,
+    StudyResults,
+    StudySeed,
+    load_study_results,
+    seed_value,
+)
 
-RESULTS_FILE = "results.json"
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPORT_FILE = "report.html"
-FIGURE_SUFFIX = "forest.png"
 ALPHA = 0.05
-METRIC = "test_top1"
-KEEP_MARKER = "<!-- text below is kept by bissl study-doc -->"
+METRIC: Final = "test_top1"
+SHARED_METRIC: Final = "test_top1_shared"
 
 
-def load_study_results(run_dir: Path) -> dict[str, Any]:
-    """results.json of a study folder (one-line error when it is missing or not a study's)."""
-    file = Path(run_dir) / RESULTS_FILE
-    if not file.is_file():
-        raise BisslError(f"no {RESULTS_FILE} in '{run_dir}'; run 'bissl study --config FILE --out DIR' first")
-    try:
-        results = json.loads(file.read_text())
-    except json.JSONDecodeError:
-        raise BisslError(f"'{file}' is not valid JSON; rerun the study command to rewrite it") from None
-    if not isinstance(results, dict) or "arms" not in results or "reference" not in results:
-        raise BisslError(f"'{file}' was not written by 'bissl study'; pass a study folder")
-    return results
-
-
-def _arms(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    return dict(results.get("arms") or {})
-
-
-def secondary_key(results: Mapping[str, Any]) -> str:
+def secondary_key(results: StudyResults) -> str:
     """The fine-tuning statistic of the secondary comparisons: at the reference's setting in a study with
     shared hyper-parameters, else after each arm's own search."""
-    return f"{METRIC}_shared" if results.get("shared_hyperparameters") else METRIC
+    return SHARED_METRIC if results["shared_hyperparameters"] else METRIC
 
 
-def _comparison(results: Mapping[str, Any], key: str | None = None) -> dict[str, Mapping[str, Any]]:
-    return dict((results.get("comparison") or {}).get(key or secondary_key(results)) or {})
+def _comparison(results: StudyResults, key: str | None = None) -> dict[str, ReferenceDifference]:
+    return dict(results["comparison"].get(key or secondary_key(results), {}))
 
 
-def primary_lines(results: Mapping[str, Any]) -> list[str]:
+def primary_lines(results: StudyResults) -> list[str]:
     """The pre-registered hypotheses in plain words: estimate, 95% CI, one-sided p (raw and Holm over the
     hypotheses), the number of pipeline seeds and the decision at alpha, whatever the sign."""
-    primary = results.get("primary") or {}
-    tests = primary.get("tests") or {}
+    primary = results["primary"]
+    tests = primary["tests"]
     if not tests:
         return []
-    alpha = float(primary.get("alpha", ALPHA))
+    alpha = primary["alpha"] if primary["alpha"] is not None else ALPHA
     statistic = (
         "at the reference arm's chosen setting"
-        if primary.get("statistic") == f"{METRIC}_shared"
+        if primary["statistic"] == SHARED_METRIC
         else "after each arm's own search"
     )
     lines = []
     for name, entry in tests.items():
-        adjusted = as_number(entry.get("t_pvalue_greater_holm"))
+        adjusted = as_number(entry["t_pvalue_greater_holm"])
         decided = adjusted is not None and adjusted < alpha
         lines.append(
-            f"{name}: {entry.get('arm')} > {entry.get('against')} (fine-tuned test top-1 {statistic}): "
-            f"{signed_text(entry.get('mean_difference'))} points (95% CI {signed_text(entry.get('ci_low'))} … "
-            f"{signed_text(entry.get('ci_high'))}), one-sided paired t p = {pvalue_text(entry.get('t_pvalue_greater'))}, "
-            f"Holm over the {len(tests)} hypotheses p = {pvalue_text(adjusted)}, n = {entry.get('n')} pipeline "
+            f"{name}: {entry['arm']} > {entry['against']} (fine-tuned test top-1 {statistic}): "
+            f"{signed_text(entry['mean_difference'])} points (95% CI {signed_text(entry['ci_low'])} … "
+            f"{signed_text(entry['ci_high'])}), one-sided paired t p = {pvalue_text(entry['t_pvalue_greater'])}, "
+            f"Holm over the {len(tests)} hypotheses p = {pvalue_text(adjusted)}, n = {entry['n']} pipeline "
             f"seeds: {'supported' if decided else 'not supported'} at α = {alpha}."
         )
     return lines
 
 
-def _kind(arm: Mapping[str, Any]) -> str:
-    spec = arm.get("spec") or {}
-    if spec.get("init") == "random":
+def _kind(arm: StudyArmResults) -> str:
+    spec = arm["spec"]
+    if spec["init"] == "random":
         return "random"
-    if spec.get("bilevel"):
+    if spec["bilevel"]:
         return "bilevel"
-    if spec.get("extra_pretext"):
+    if spec["extra_pretext"]:
         return "matched"
     return "pretrained"
 
 
-def _verdict(entry: Mapping[str, Any]) -> str:
+def _verdict(entry: Mapping[str, object]) -> str:
     """'better', 'worse' or 'unclear': whether the 95% CI of the difference lies above, below or around 0."""
     low, high = as_number(entry.get("ci_low")), as_number(entry.get("ci_high"))
     if low is not None and low > 0:
@@ -111,17 +102,24 @@ def _verdict(entry: Mapping[str, Any]) -> str:
     return "unclear"
 
 
-def _difference_text(entry: Mapping[str, Any]) -> str:
+def _holm_p(entry: ReferenceDifference) -> float:
+    """The Holm-adjusted paired t p-value, 1 when undefined (so it never counts as significant)."""
+    value = as_number(entry["t_pvalue_holm"])
+    return 1.0 if value is None else value
+
+
+def _difference_text(entry: ReferenceDifference) -> str:
     return (
-        f"{signed_text(entry.get('mean_difference'))} points (95% CI {signed_text(entry.get('ci_low'))} … "
-        f"{signed_text(entry.get('ci_high'))}, Holm-adjusted paired t p = {pvalue_text(entry.get('t_pvalue_holm'))})"
+        f"{signed_text(entry['mean_difference'])} points (95% CI {signed_text(entry['ci_low'])} … "
+        f"{signed_text(entry['ci_high'])}, Holm-adjusted paired t p = {pvalue_text(entry['t_pvalue_holm'])})"
     )
 
 
-def _cost_ratio(results: Mapping[str, Any], name: str) -> float | None:
-    arms = _arms(results)
-    own = as_number((arms.get(name) or {}).get("seconds_per_seed"))
-    base = as_number((arms.get(str(results["reference"])) or {}).get("seconds_per_seed"))
+def _cost_ratio(results: StudyResults, name: str) -> float | None:
+    arms = results["arms"]
+    own = as_number(arms[name]["seconds_per_seed"]) if name in arms else None
+    reference = arms.get(results["reference"])
+    base = as_number(reference["seconds_per_seed"]) if reference is not None else None
     return own / base if own is not None and base else None
 
 
@@ -129,9 +127,9 @@ def _ratio_text(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.1f}×"
 
 
-def status_line(results: Mapping[str, Any]) -> str:
-    finished, expected = results.get("finished_runs", 0), results.get("expected_runs", 0)
-    if results.get("complete"):
+def status_line(results: StudyResults) -> str:
+    finished, expected = results["finished_runs"] or 0, results["expected_runs"] or 0
+    if results["complete"]:
         return f"Complete: {finished} of {expected} arm × pipeline-seed runs."
     return (
         f"PARTIAL: {finished} of {expected} arm × pipeline-seed runs have finished; the numbers below cover "
@@ -139,38 +137,37 @@ def status_line(results: Mapping[str, Any]) -> str:
     )
 
 
-def headline(results: Mapping[str, Any]) -> str:
+def headline(results: StudyResults) -> str:
     """The study's result in one line: the BiSSL arm with the largest mean gain, its interval, Holm-adjusted
     p-value and cost, how many BiSSL arms beat the reference, and the gain against matched extra pretext steps."""
-    reference = str(results["reference"])
+    reference = results["reference"]
     compared = _comparison(results)
-    bilevel = [n for n, arm in _arms(results).items() if _kind(arm) == "bilevel" and n in compared]
+    bilevel = [n for n, arm in results["arms"].items() if _kind(arm) == "bilevel" and n in compared]
     if not bilevel:
         return "No BiSSL arm has finished yet."
-    best = max(bilevel, key=lambda n: as_number(compared[n].get("mean_difference")) or -1e9)
+    best = max(bilevel, key=lambda n: as_number(compared[n]["mean_difference"]) or -1e9)
     winners = [n for n in bilevel if _verdict(compared[n]) == "better"]
-    significant = [n for n in winners if (as_number(compared[n].get("t_pvalue_holm")) or 1.0) < ALPHA]
+    significant = [n for n in winners if _holm_p(compared[n]) < ALPHA]
     text = (
         f"Largest BiSSL gain: {best} − {reference} = {_difference_text(compared[best])} at "
         f"{_ratio_text(_cost_ratio(results, best))} the cost; {len(winners)} of {len(bilevel)} BiSSL arms have a "
         f"95% CI above 0, {len(significant)} after Holm's correction"
     )
-    versus = results.get("versus_matched") or {}
-    entry = (versus.get(METRIC) or {}).get(best)
+    entry = results["versus_matched"]["test_top1"].get(best)
     if entry is not None:
         text += (
             f"; against the same number of extra pretext steps {best} is "
-            f"{signed_text(entry.get('mean_difference'))} points (95% CI {signed_text(entry.get('ci_low'))} … "
-            f"{signed_text(entry.get('ci_high'))})"
+            f"{signed_text(entry['mean_difference'])} points (95% CI {signed_text(entry['ci_low'])} … "
+            f"{signed_text(entry['ci_high'])})"
         )
     return text + "."
 
 
-def conclusion(results: Mapping[str, Any]) -> list[str]:
+def conclusion(results: StudyResults) -> list[str]:
     """The study's findings as plain sentences: the testbed check, which BiSSL arms beat the reference and by
     how much at what cost, whether a gain is matched by extra pretext steps, and the BatchNorm control."""
-    reference = str(results["reference"])
-    arms = _arms(results)
+    reference = results["reference"]
+    arms = results["arms"]
     compared = _comparison(results)
     lines: list[str] = []
     for name, arm in arms.items():
@@ -189,9 +186,7 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
             f"{name} − {reference}: {_difference_text(compared[name])}; cost "
             f"{_ratio_text(_cost_ratio(results, name))} the reference's per pipeline seed."
         )
-    significant = [
-        name for name in winners if (as_number(compared[name].get("t_pvalue_holm")) or 1.0) < ALPHA
-    ]
+    significant = [name for name in winners if _holm_p(compared[name]) < ALPHA]
     if winners:
         lines.append(
             f"Beat {reference} (95% CI above 0): {', '.join(winners)}"
@@ -202,8 +197,8 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
             )
         )
     else:
-        lowest = min(as_number(compared[n].get("mean_difference")) or 0.0 for n in bilevel)
-        highest = max(as_number(compared[n].get("mean_difference")) or 0.0 for n in bilevel)
+        lowest = min(as_number(compared[n]["mean_difference"]) or 0.0 for n in bilevel)
+        highest = max(as_number(compared[n]["mean_difference"]) or 0.0 for n in bilevel)
         lines.append(
             f"No BiSSL arm beat {reference}: mean differences ranged from {lowest:+.2f} to {highest:+.2f} "
             "points and no 95% CI lies above 0"
@@ -215,10 +210,10 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
                 f"Matched compute, {name} − {reference}: {_difference_text(compared[name])}; cost "
                 f"{_ratio_text(_cost_ratio(results, name))}."
             )
-    versus = results.get("versus_matched") or {}
-    matched_name = versus.get("reference")
+    versus = results["versus_matched"]
+    matched_name = versus["reference"]
     for name in winners:
-        entry = (versus.get(METRIC) or {}).get(name)
+        entry = versus["test_top1"].get(name)
         if entry is None:
             continue
         if _verdict(entry) == "better":
@@ -235,29 +230,29 @@ def conclusion(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _bn_lines(results: Mapping[str, Any], bilevel: Sequence[str]) -> list[str]:
+def _bn_lines(results: StudyResults, bilevel: Sequence[str]) -> list[str]:
     """What recalibrating BatchNorm statistics alone does to k-NN, beside what the BiSSL arms do, and whether
     each BiSSL arm's k-NN exceeds the control's (paired over pipeline seeds, from results.json's per-seed
     values)."""
-    from bissl.eval.stats import compare_to_reference
-
     knn = _comparison(results, "knn_top1")
-    controls = results.get("controls") or {}
+    controls = results["controls"]
     control = next(iter(controls), None)
     if control is None or control not in knn:
         return []
-    shift = as_number(knn[control].get("mean_difference"))
-    moved = {name: as_number(knn[name].get("mean_difference")) for name in bilevel if name in knn}
+    shift = as_number(knn[control]["mean_difference"])
+    moved = {name: as_number(knn[name]["mean_difference"]) for name in bilevel if name in knn}
     text = ", ".join(f"{name} {signed_text(value)}" for name, value in moved.items())
     line = (
         f"Alignment: recalibrating the reference backbone's BatchNorm statistics on downstream data (the head "
         f"warm-up, no weight change) moves k-NN top-1 by {signed_text(shift)} points "
-        f"(95% CI {signed_text(knn[control].get('ci_low'))} … {signed_text(knn[control].get('ci_high'))}); "
+        f"(95% CI {signed_text(knn[control]['ci_low'])} … {signed_text(knn[control]['ci_high'])}); "
         f"the BiSSL arms move it by {text or 'n/a'}."
     )
-    per_seed = {control: _seed_values(controls[control], "knn_top1")}
+    per_seed = {control: _seed_values(controls[control]["seeds"], "knn_top1")}
     for name in moved:
-        per_seed[name] = _seed_values(_arms(results)[name], "knn_top1")
+        per_seed[name] = _seed_values(results["arms"][name]["seeds"], "knn_top1")
+    from bissl.eval.stats import compare_to_reference  # deferred: bissl.eval loads torch
+
     versus = compare_to_reference(per_seed, control)
     beyond = [name for name, entry in versus.items() if _verdict(entry) == "better"]
     if versus:
@@ -270,70 +265,101 @@ def _bn_lines(results: Mapping[str, Any], bilevel: Sequence[str]) -> list[str]:
     return [line]
 
 
-def _seed_values(block: Mapping[str, Any], key: str) -> dict[int, float]:
+def _seed_values(seeds: dict[str, StudySeed], key: str) -> dict[int, float]:
     """{pipeline seed: value} of one arm or control."""
     values = {}
-    for seed, entry in (block.get("seeds") or {}).items():
-        number = as_number((entry or {}).get(key))
+    for seed, entry in seeds.items():
+        number = as_number(seed_value(entry, key))
         if number is not None:
             values[int(seed)] = number
     return values
 
 
-def table_rows(results: Mapping[str, Any], key: str | None = None) -> list[list[str]]:
+def table_rows(results: StudyResults, key: str | None = None) -> list[list[str]]:
     """One row per arm (and the BatchNorm control): accuracy, difference, p-values, alignment, cost.
 
     ``key`` is the fine-tuning statistic (default: the secondary one); arms without it are left out. The
     primary arm's row of the primary statistic carries its H1 test (one-sided, Holm over the hypotheses)."""
     key = key or secondary_key(results)
-    reference = str(results["reference"])
+    reference = results["reference"]
     compared, knn, probe = (_comparison(results, k) for k in (key, "knn_top1", "probe_top1"))
-    primary = results.get("primary") or {}
-    if primary.get("statistic") == key and "H1" in (primary.get("tests") or {}):
-        h1 = primary["tests"]["H1"]
-        compared[str(primary.get("arm"))] = h1 | {"t_pvalue_holm": h1.get("t_pvalue_greater_holm")}
+    primary = results["primary"]
+    h1 = primary["tests"].get("H1")
+    if primary["statistic"] == key and h1 is not None:
+        compared[str(primary["arm"])] = _as_secondary(h1)
     rows = []
-    for name, arm in _arms(results).items():
-        summary = (arm.get("summary") or {}).get(key) or {}
+    for name, arm in results["arms"].items():
+        summary = arm["summary"].get(key)
         if not summary:
             continue
-        entry = compared.get(name, {})
-        alignment = arm.get("summary") or {}
+        entry = compared.get(name)
+        if name == reference:
+            difference = ["reference", "", "", ""]
+        else:
+            difference = [
+                signed_text(entry["mean_difference"] if entry else None),
+                _ci_text(entry),
+                pvalue_text(entry["t_pvalue_holm"] if entry else None),
+                pvalue_text(entry["wilcoxon_pvalue_holm"] if entry else None),
+            ]
         rows.append(
             [
                 name,
                 _mean_std(summary),
-                "reference" if name == reference else signed_text(entry.get("mean_difference")),
-                "" if name == reference else _ci_text(entry),
-                "" if name == reference else pvalue_text(entry.get("t_pvalue_holm")),
-                "" if name == reference else pvalue_text(entry.get("wilcoxon_pvalue_holm")),
-                fixed_text((alignment.get("knn_top1") or {}).get("mean")),
-                signed_text((knn.get(name) or {}).get("mean_difference")) if name != reference else "",
-                fixed_text((alignment.get("probe_top1") or {}).get("mean")),
-                signed_text((probe.get(name) or {}).get("mean_difference")) if name != reference else "",
-                duration_text(arm.get("seconds_per_seed")),
+                *difference,
+                _summary_mean(arm["summary"], "knn_top1"),
+                "" if name == reference else _difference(knn, name),
+                _summary_mean(arm["summary"], "probe_top1"),
+                "" if name == reference else _difference(probe, name),
+                duration_text(arm["seconds_per_seed"]),
                 _ratio_text(_cost_ratio(results, name)),
             ]
         )
-    for name, control in (results.get("controls") or {}).items():
-        summary = control.get("summary") or {}
+    for name, control in results["controls"].items():
         rows.append(
             [
-                f"{name} ({control.get('of')}, alignment only)",
+                f"{name} ({control['of']}, alignment only)",
                 "",
                 "",
                 "",
                 "",
                 "",
-                fixed_text((summary.get("knn_top1") or {}).get("mean")),
-                signed_text((knn.get(name) or {}).get("mean_difference")),
-                fixed_text((summary.get("probe_top1") or {}).get("mean")),
-                signed_text((probe.get(name) or {}).get("mean_difference")),
+                _summary_mean(control["summary"], "knn_top1"),
+                _difference(knn, name),
+                _summary_mean(control["summary"], "probe_top1"),
+                _difference(probe, name),
                 "",
                 "",
             ]
         )
     return rows
+
+
+def _as_secondary(test: Hypothesis) -> ReferenceDifference:
+    """A primary hypothesis's test in the form of a row of the secondary table: its one-sided p-value,
+    Holm-adjusted over the hypotheses, in the place of the two-sided Holm-adjusted one; no Wilcoxon."""
+    return {
+        "n": test["n"],
+        "mean_difference": test["mean_difference"],
+        "ci_low": test["ci_low"],
+        "ci_high": test["ci_high"],
+        "t_pvalue": test["t_pvalue"],
+        "t_pvalue_greater": test["t_pvalue_greater"],
+        "wilcoxon_pvalue": test["wilcoxon_pvalue"],
+        "seeds": test["seeds"],
+        "t_pvalue_holm": test["t_pvalue_greater_holm"],
+        "wilcoxon_pvalue_holm": None,
+    }
+
+
+def _summary_mean(summary: dict[str, SeedStatistics], key: str) -> str:
+    statistics = summary.get(key)
+    return fixed_text(statistics["mean"] if statistics else None)
+
+
+def _difference(compared: dict[str, ReferenceDifference], name: str) -> str:
+    entry = compared.get(name)
+    return signed_text(entry["mean_difference"] if entry else None)
 
 
 HEADERS = [
@@ -353,17 +379,19 @@ HEADERS = [
 NUMERIC = [False, True, True, True, True, True, True, True, True, True, True, True]
 
 
-def _mean_std(summary: Mapping[str, Any]) -> str:
-    mean, std, count = as_number(summary.get("mean")), as_number(summary.get("std")), summary.get("n")
+def _mean_std(summary: SeedStatistics) -> str:
+    mean, std, count = as_number(summary["mean"]), as_number(summary["std"]), summary["n"]
     return "n/a" if mean is None else f"{mean:.2f} ± {std or 0.0:.2f} (n={count})"
 
 
-def _ci_text(entry: Mapping[str, Any]) -> str:
-    low, high = as_number(entry.get("ci_low")), as_number(entry.get("ci_high"))
+def _ci_text(entry: PairedDifference | None) -> str:
+    if entry is None:
+        return "n/a"
+    low, high = as_number(entry["ci_low"]), as_number(entry["ci_high"])
     return "n/a" if low is None or high is None else f"{low:+.2f} … {high:+.2f}"
 
 
-def format_table(results: Mapping[str, Any]) -> str:
+def format_table(results: StudyResults) -> str:
     """The table as aligned plain text (printed at the end of ``bissl study``)."""
     rows = [HEADERS, *table_rows(results)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(HEADERS))]
@@ -371,20 +399,13 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join([status_line(results), *lines, *conclusion(results)])
 
 
-def markdown_table(results: Mapping[str, Any], key: str | None = None) -> str:
-    rows = table_rows(results, key)
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def forest_figure(results: Mapping[str, Any]) -> Figure:
+def forest_figure(results: StudyResults) -> Figure:
     """Three panels: test top-1 difference from the reference (mean, 95% CI, per-seed dots), the k-NN
     difference (BatchNorm control included), and each arm's wall time per pipeline seed."""
-    reference = str(results["reference"])
-    arms = _arms(results)
+    reference = results["reference"]
+    arms = results["arms"]
     names = [name for name in arms if name != reference]
-    controls = list(results.get("controls") or {})
+    controls = list(results["controls"])
     height = 1.2 + 0.42 * max(1, len(names) + len(controls))
     figure, (accuracy, knn, cost) = new_figure(14.0, height, columns=3)
     figure.subplots_adjust(left=0.13, right=0.98, wspace=0.8)
@@ -397,8 +418,8 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
             entry = compared.get(name)
             if entry is None:
                 continue
-            mean = as_number(entry.get("mean_difference"))
-            low, high = as_number(entry.get("ci_low")), as_number(entry.get("ci_high"))
+            mean = as_number(entry["mean_difference"])
+            low, high = as_number(entry["ci_low"]), as_number(entry["ci_high"])
             if low is not None and high is not None and mean is not None:
                 axis.errorbar(
                     [mean],
@@ -418,7 +439,7 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("points (mean, 95% CI; × = pipeline seeds)")
         axis.grid(True, axis="x", alpha=0.3)
-    seconds = [(as_number(arms[name].get("seconds_per_seed")) or 0.0) / 60 for name in arms]
+    seconds = [(as_number(arm["seconds_per_seed"]) or 0.0) / 60 for arm in arms.values()]
     cost.barh(range(len(arms)), seconds, color="#55a868")
     cost.set_yticks(range(len(arms)), list(arms), fontsize=8)
     cost.set_ylim(len(arms) - 0.5, -0.5)
@@ -428,22 +449,24 @@ def forest_figure(results: Mapping[str, Any]) -> Figure:
     return figure
 
 
-def _seed_differences(results: Mapping[str, Any], key: str, name: str) -> list[float]:
+def _seed_differences(results: StudyResults, key: str, name: str) -> list[float]:
     """Per pipeline seed: the arm's (or control's) value minus the reference's."""
-    reference = (_arms(results).get(str(results["reference"])) or {}).get("seeds") or {}
-    block = _arms(results).get(name) or (results.get("controls") or {}).get(name) or {}
+    arms, controls = results["arms"], results["controls"]
+    reference = arms[results["reference"]]["seeds"] if results["reference"] in arms else {}
+    seeds = arms[name]["seeds"] if name in arms else controls[name]["seeds"] if name in controls else {}
     differences = []
-    for seed, values in (block.get("seeds") or {}).items():
-        own, base = as_number(values.get(key)), as_number((reference.get(seed) or {}).get(key))
+    for seed, values in seeds.items():
+        own = as_number(seed_value(values, key))
+        base = as_number(seed_value(reference[seed], key)) if seed in reference else None
         if own is not None and base is not None:
             differences.append(own - base)
     return differences
 
 
-def render_study_report(results: Mapping[str, Any]) -> str:
+def render_study_report(results: StudyResults) -> str:
     """The HTML report of a study's results."""
-    title = str(results.get("title", "BiSSL evidence study"))
-    timing = results.get("timings") or {}
+    title = results["title"] or "BiSSL evidence study"
+    timing = results["timings"]
     primary = primary_lines(results)
     sections = [
         section_html("status", "Status", note_html(status_line(results))),
@@ -471,11 +494,11 @@ def render_study_report(results: Mapping[str, Any]) -> str:
             "cost",
             "Compute",
             note_html(
-                f"Total wall time of the finished parts {duration_text(timing.get('total_seconds'))} "
-                f"(pretraining {duration_text(timing.get('pretrain'))})."
+                f"Total wall time of the finished parts {duration_text(timing['total_seconds'])} "
+                f"(pretraining {duration_text(timing['pretrain'])})."
             ),
         ),
-        section_html("per-seed", "Per pipeline seed", table_html(*_seed_table(results))),
+        section_html("per-seed", "Per pipeline seed", table_html(*seed_table(results))),
     ]
     return "\n".join(
         [
@@ -498,7 +521,8 @@ def render_study_report(results: Mapping[str, Any]) -> str:
     )
 
 
-def _seed_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[bool]]:
+def seed_table(results: StudyResults) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The per-pipeline-seed table: headers, rows (one per arm and seed) and which columns are numeric."""
     headers = [
         "arm",
         "pipeline seed",
@@ -506,14 +530,14 @@ def _seed_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
         "fine-tuning seeds",
         "lr / wd",
     ]
-    shared = bool(results.get("shared_hyperparameters"))
+    shared = bool(results["shared_hyperparameters"])
     if shared:
         headers += ["test top-1 at the reference's setting"]
     headers += ["k-NN", "probe", "wall time"]
     rows = []
-    for name, arm in _arms(results).items():
-        for seed, block in (arm.get("seeds") or {}).items():
-            values = ", ".join(f"{v:.2f}" for v in block.get("finetune_values") or [])
+    for name, arm in results["arms"].items():
+        for seed, block in arm["seeds"].items():
+            values = ", ".join(f"{v:.2f}" for v in block.get("finetune_values", []) if v is not None)
             setting = (
                 f"{as_number(block.get('lr')) or 0:.3g} / {as_number(block.get('weight_decay')) or 0:.3g}"
                 if METRIC in block
@@ -521,7 +545,7 @@ def _seed_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
             )
             row = [name, seed, fixed_text(block.get(METRIC)), values, setting]
             if shared:
-                row.append(fixed_text(block.get(f"{METRIC}_shared")))
+                row.append(fixed_text(block.get(SHARED_METRIC)))
             row += [
                 fixed_text(block.get("knn_top1")),
                 fixed_text(block.get("probe_top1")),
@@ -531,100 +555,13 @@ def _seed_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
     return headers, rows, [False, *[True] * (len(headers) - 1)]
 
 
-def write_study_report(run_dir: Path) -> Path:
-    """report.html next to results.json."""
-    results = load_study_results(run_dir)
+def write_study_report(run_dir: Path, results: StudyResults | None = None) -> Path:
+    """report.html next to results.json, from ``results`` (as ``bissl study`` just wrote them) or read from
+    the folder's results.json."""
+    if results is None:
+        results = load_study_results(run_dir)
     target = Path(run_dir) / REPORT_FILE
     temporary = target.with_suffix(".tmp")
     temporary.write_text(render_study_report(results))
     temporary.replace(target)
     return target
-
-
-def evidence_markdown(
-    results: Mapping[str, Any], figure: str, run_dir: str, out: str = "docs/evidence.md"
-) -> str:
-    """docs/evidence.md from results.json: status, conclusion, table, figure, per-seed numbers, cost."""
-    timing = results.get("timings") or {}
-    config = results.get("config") or {}
-    data = config.get("data") or {}
-    model = config.get("model") or {}
-    lines = [
-        "# Evidence: does BiSSL's bilevel stage beat the conventional pipeline?",
-        "",
-        f"Written by `bissl study-doc {run_dir} --out {out}` from the study's results.json "
-        f"({results.get('created', 'n/a')}). {status_line(results)}",
-        "",
-        f"Testbed: pretext {data.get('pretext')} images (labels unused) → downstream {data.get('downstream')} "
-        f"with {data.get('downstream_limit')} labelled training images (a {data.get('val_fraction')} share of "
-        f"them held out for the search), {data.get('image_size')} px, {model.get('backbone')} width "
-        f"{model.get('width')}. Pipeline seeds {results.get('pipeline_seeds')}, "
-        f"{results.get('finetune_seeds')} fine-tuning seeds each; every comparison is paired over pipeline "
-        f"seeds (each contributes the mean of its fine-tuning seeds). Reference arm: {results['reference']}.",
-        "",
-        *_primary_section(results),
-        "## Conclusion" if not results.get("primary") else "## Secondary questions",
-        "",
-        f"**{headline(results)}**",
-        "",
-        *[f"- {line}" for line in conclusion(results)],
-        "",
-        *_table_sections(results),
-        f"![differences from {results['reference']} with 95% CIs, per-seed crosses, and cost]({figure})",
-        "",
-        f"Compute of the finished parts: {duration_text(timing.get('total_seconds'))} "
-        f"(pretraining {duration_text(timing.get('pretrain'))}), measured on a shared 2-core CPU under load.",
-        "",
-        "## Per pipeline seed",
-        "",
-    ]
-    headers, rows, _ = _seed_table(results)
-    lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _primary_section(results: Mapping[str, Any]) -> list[str]:
-    lines = primary_lines(results)
-    if not lines:
-        return []
-    return ["## Primary answers", "", *[f"- **{line}**" for line in lines], ""]
-
-
-def _table_sections(results: Mapping[str, Any]) -> list[str]:
-    """The table of the secondary statistic and, in a study with shared hyper-parameters, the paper's
-    protocol (each arm's own search) beside it, each Holm-corrected over its own rows."""
-    if not results.get("shared_hyperparameters"):
-        return ["## Table", "", markdown_table(results, METRIC), ""]
-    return [
-        "## Table: every arm fine-tuned at the reference arm's chosen setting",
-        "",
-        "Holm's correction runs over the rows of this table other than the primary arm (whose row shows H1).",
-        "",
-        markdown_table(results, f"{METRIC}_shared"),
-        "",
-        "## Table: the paper's protocol (each arm searches its own setting)",
-        "",
-        "Arms that searched their own setting; Holm's correction runs over the rows of this table.",
-        "",
-        markdown_table(results, METRIC),
-        "",
-    ]
-
-
-def write_evidence(run_dir: Path, out: Path) -> Path:
-    """Write ``out`` (markdown) and its figure ``images/<out stem>-forest.png`` beside it from results.json.
-
-    Hand-written text below the line KEEP_MARKER in an existing ``out`` (how the testbed was chosen) is kept.
-    """
-    results = load_study_results(run_dir)
-    kept = ""
-    if out.is_file() and KEEP_MARKER in out.read_text():
-        kept = KEEP_MARKER + out.read_text().split(KEEP_MARKER, 1)[1]
-    figure_name = f"{out.stem}-{FIGURE_SUFFIX}"
-    figure_path = out.parent / "images" / figure_name
-    figure_path.parent.mkdir(parents=True, exist_ok=True)
-    forest_figure(results).savefig(figure_path, dpi=100)
-    text = evidence_markdown(results, f"images/{figure_name}", str(run_dir), str(out))
-    out.write_text(text + (f"\n{kept.rstrip()}\n" if kept else ""))
-    return out

@@ -1,5 +1,6 @@
-"""The alternating BiSSL trainer against SPEC §3–4: an independent naive implementation, the dense
-formula with the exact solver, the proximal limit, and what the upper phase must leave untouched."""
+"""The alternating BiSSL trainer against the method (docs/method.md, "Objectives" to "Pipeline"): an
+independent naive implementation, the dense formula with the exact solver, the proximal limit, and what the
+upper phase must leave untouched."""
 
 from __future__ import annotations
 
@@ -104,8 +105,9 @@ def _trainer(settings: BilevelConfig, method: str = "simclr") -> BilevelTrainer:
 
 
 # ------------------------------------------------------------------------------------------------
-# An independent, naive implementation of SPEC §3–4, written from the text: every HVP rebuilds the
-# forward pass and the gradient graph; CG is per-tensor (layerwise) as in SPEC §3.1.
+# An independent, naive implementation of the method (docs/method.md, "Objectives" to "Pipeline"), written
+# from the text: every HVP rebuilds the forward pass and the gradient graph; CG is per-tensor (layerwise) as
+# docs/method.md, "Conjugate gradient", describes.
 
 
 def _naive_lr(step: int, total: int, warmup: int, base: float, final: float) -> float:
