@@ -1,4 +1,4 @@
-"""Solvers for the BiSSL implicit system (I + C/μ) x = v on one upper phase: cost and quality (SPEC §8).
+"""Solvers for the BiSSL implicit system (I + C/μ) x = v on one upper phase: cost and quality (docs/method.md: Indefinite systems).
 
 One upper phase = 8 solves, one per downstream gradient v (real downstream gradients of 8 batches),
 against one Hessian batch. Every solver but the reference builds its operator once per phase (reuse);

@@ -388,9 +388,7 @@ def test_missing_dataset_names_every_place_and_failed_download_is_one_line(
     def offline(target: str) -> None:
         raise RuntimeError("no network\nsecond line")
 
-    monkeypatch.setitem(
-        torchvision_sets.SPECS, "dtd", replace(torchvision_sets.SPECS["dtd"], download=offline)
-    )
+    monkeypatch.setitem(DATASETS, "dtd", replace(DATASETS["dtd"], download=offline))
     with pytest.raises(DataError, match=r"download of dtd into .* failed \(no network\)") as failed:
         load_dataset("dtd", "train", root=str(tmp_path), download=True, image_size=SIZE)
     assert "\n" not in str(failed.value)

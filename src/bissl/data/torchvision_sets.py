@@ -34,7 +34,6 @@ from bissl.data.folder_stream import (
 from bissl.data.layout_readers import VOC_CLASSES
 from bissl.data.locations import dataset_folder, find_folder, folder_path, locations, torchvision_download
 from bissl.data.registry import (
-    DATASETS,
     DatasetInfo,
     Downloader,
     ImageList,
@@ -56,7 +55,6 @@ __all__ = [
     "FIXED_SPLIT_SEED",
     "FOLDER_PREFIX",
     "MEMORY_LIMIT_BYTES",
-    "SPECS",
     "SUN397_PER_CLASS",
     "VOC_CLASSES",
     "disk_dataset",
@@ -80,9 +78,6 @@ SUN397_PER_CLASS = 50
 DECODE_WORKERS_FROM = 2048
 FOLDER_PREFIX = "folder:"
 SYNTHETIC_RGB_SIZES = {"train": 256, "test": 64}
-
-# The sets defined here are entries of the registry itself; SPECS is the name their table had before.
-SPECS = DATASETS
 
 
 # ---------------------------------------------------------------------------------------------------------
