@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,16 +11,9 @@ import torch
 
 from bissl import cli
 from bissl.data import embedded as datasets
+from tests.cli_run import run_cli, snapshot
 
 TINY = ["data.pretext=synthetic", "data.downstream=synthetic", "model.width=4", "model.blocks=[1]"]
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -359,19 +351,14 @@ def test_user_error_is_one_line_exit_2_and_changes_nothing(
     monkeypatch.delenv("BISSL_DATA", raising=False)
     monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST", str(tmp_path / "no-system-copy"))
     argv = make_argv(tmp_path, pretext_run)
-    before_run, before_tmp = _snapshot(pretext_run), _snapshot(tmp_path)
-    capsys.readouterr()
-    try:
-        code = cli.main(["--quiet", *argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err.strip()
+    before_run, before_tmp = snapshot(pretext_run), snapshot(tmp_path)
+    code, err = run_cli(argv, capsys)
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
     assert expected in err, err
     assert "Traceback" not in err
-    assert _snapshot(pretext_run) == before_run
-    assert _snapshot(tmp_path) == before_tmp
+    assert snapshot(pretext_run) == before_run
+    assert snapshot(tmp_path) == before_tmp
 
 
 def test_missing_dataset_names_where_it_looked(

@@ -3,22 +3,14 @@ file, exit code 2, nothing written."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bissl import cli, runtime
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+from bissl import runtime
+from tests.cli_run import run_cli, snapshot
 
 
 def _stage(command: str, *overrides: str) -> Callable[[Path], list[str]]:
@@ -195,16 +187,11 @@ def test_bad_config_is_one_line_exit_2_before_any_work(
 
     monkeypatch.setattr(runtime, "RunDir", no_work)
     argv = make_argv(tmp_path)
-    before = _snapshot(tmp_path)
-    capsys.readouterr()
-    try:
-        code = cli.main(["--quiet", *argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err.strip()
+    before = snapshot(tmp_path)
+    code, err = run_cli(argv, capsys)
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
     assert expected in err, err
     assert "Traceback" not in err and "ViewOptions" not in err
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert not (tmp_path / "o").exists()

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bissl import cli
 from bissl.data import embedded
+from tests.cli_run import run_cli
 
 TINY = ["data.pretext=synthetic", "model.width=4", "model.blocks=[1]", "data.image_size=8"]
 FINETUNE = [*TINY, "finetune.epochs=1", "finetune.batch_size=2"]
@@ -148,15 +148,6 @@ def _no_shared_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("BISSL_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(embedded, "SYSTEM_FASHION_MNIST", str(tmp_path / "no-system-copy"))
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(["--quiet", *argv])
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err.strip()
 
 
 def written(out: Path) -> list[str]:

@@ -6,7 +6,6 @@ naming the problem, the expected exit code, no traceback, and (where the command
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import yaml
 
 from bissl import cli
 from bissl.pretext.simclr import SimCLR
+from tests.cli_run import run_cli, snapshot
 from tests.report.test_report import make_results, write_results
 from tests.test_compare import SETTINGS as COMPARE
 
@@ -29,27 +29,8 @@ PRETRAIN = [*TINY, "pretrain.steps=2", "pretrain.batch_size=16"]
 RESNET = ["model.backbone=resnet18", "model.stem=imagenet", "device=cpu"]
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _folders(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()}
-
-
-def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(["--quiet", *argv])
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    except KeyboardInterrupt:  # escaped: what the shell sees as status -2
-        code = -2
-    return code, capsys.readouterr().err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -319,14 +300,14 @@ def test_case_is_one_line_with_its_exit_code(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     argv = case.argv(Context(tmp_path, request, monkeypatch))
-    files, folders = _snapshot(tmp_path), _folders(tmp_path)
-    code, err = _main(argv, capsys)
+    files, folders = snapshot(tmp_path), _folders(tmp_path)
+    code, err = run_cli(argv, capsys)
     assert code == case.code, err
     assert len(err.splitlines()) == 1, err
     assert case.expected in err, err
     assert "Traceback" not in err
     if case.unchanged:
-        assert _snapshot(tmp_path) == files
+        assert snapshot(tmp_path) == files
         assert _folders(tmp_path) == folders
     assert not [p for p in tmp_path.rglob("*.tmp")], "a temporary file was left behind"
 
@@ -339,7 +320,7 @@ def test_literal_checkpoint_flag_imports_the_named_file(
     monkeypatch.chdir(tmp_path)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18 #v2.pth")
     argv = ["import", "--layout", "torchvision", "--checkpoint", "r18 #v2.pth", "--out", "run", *RESNET]
-    code, err = _main(argv, capsys)
+    code, err = run_cli(argv, capsys)
     assert code == 0, err
     assert (
         yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["imported"]["checkpoint"]
@@ -352,9 +333,9 @@ def test_failed_setup_does_not_block_the_corrected_command(
 ) -> None:
     out = tmp_path / "o"
     out.mkdir()
-    code, _ = _main(["pretrain", "--out", str(out), *PRETRAIN, "data.pretext=imagenot"], capsys)
+    code, _ = run_cli(["pretrain", "--out", str(out), *PRETRAIN, "data.pretext=imagenot"], capsys)
     assert code == 2 and not any(out.iterdir())
-    code, err = _main(["pretrain", "--out", str(out), *PRETRAIN], capsys)
+    code, err = run_cli(["pretrain", "--out", str(out), *PRETRAIN], capsys)
     assert code == 0, err
 
 
@@ -367,7 +348,7 @@ def test_a_run_killed_during_setup_binds_nothing(tmp_path: Path, capsys: pytest.
     (out / "config.yaml").write_text(yaml.safe_dump({"data": {"downstream": "digits", "val_fraction": 0.5}}))
     (out / "splits" / "synthetic.json").write_text("{}")
     argv = ["finetune", "--out", str(out), *TINY, "finetune.epochs=1", "finetune.batch_size=64"]
-    code, err = _main(argv, capsys)
+    code, err = run_cli(argv, capsys)
     assert code == 0, err
     assert json.loads((out / "splits" / "synthetic.json").read_text())["format"] == "bissl-split"
 
@@ -379,7 +360,7 @@ def test_full_disk_keeps_the_previous_checkpoint(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = _disk_full_at_second_checkpoint(Context(tmp_path, request, monkeypatch))
-    code, err = _main(argv, capsys)
+    code, err = run_cli(argv, capsys)
     assert code == 2 and "no space left" in err and "last.pt" in err, err
     monkeypatch.undo()
     checkpoints = tmp_path / "o" / "checkpoints"
@@ -405,7 +386,7 @@ def test_moved_compare_folder_keeps_its_finished_parts(
     moved.parent.mkdir()
     first.rename(moved)
     done = _part_summaries(moved)
-    code, err = _main(["compare", "--out", str(moved), *COMPARE], capsys)
+    code, err = run_cli(["compare", "--out", str(moved), *COMPARE], capsys)
     assert code == 0, err
     assert _part_summaries(moved) == done, "a finished part was run again"
 
@@ -426,7 +407,7 @@ def test_absolute_paths_of_older_summaries_still_match_after_a_move(
                 summary["config"][key] = str((old_root / part / value).resolve())
         file.write_text(json.dumps(summary))
     done = _part_summaries(moved)
-    code, err = _main(["compare", "--out", str(moved), *COMPARE], capsys)
+    code, err = run_cli(["compare", "--out", str(moved), *COMPARE], capsys)
     assert code == 0, err
     assert _part_summaries(moved) == done, "a finished part was run again"
 
@@ -439,7 +420,7 @@ def test_truncated_summary_reruns_only_its_part(
     broken = out / "bissl" / "warmup" / "summary.json"
     broken.write_text(broken.read_text()[:50])
     others = {path: mtime for path, mtime in _part_summaries(out).items() if out / path != broken}
-    code, err = _main(["compare", "--out", str(out), *COMPARE], capsys)
+    code, err = run_cli(["compare", "--out", str(out), *COMPARE], capsys)
     assert code == 0, err
     assert json.loads(broken.read_text())["stage"] == "warmup"
     assert {path: mtime for path, mtime in _part_summaries(out).items() if out / path != broken} == others

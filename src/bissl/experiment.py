@@ -124,8 +124,7 @@ def compare(
     """Run both arms, the analyses and the statistics; write results.json and report.html."""
     stop = stop or GracefulStop()
     root = run.path
-    check_compare(config, root)
-    parts = Parts(root, stop, "compare")
+    parts = Parts(root, stop, "compare")  # `bissl compare` has run check_compare; the parts check themselves
     arms, backbones = _run_parts(parts, config)
     probes, figures = _alignment_part(parts, config, backbones)
     comparison: dict[str, CompareDifference] = {}

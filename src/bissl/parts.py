@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:79] + "…"
 
 
+@cache
+def _defaults() -> dict[str, Any]:
+    """Every key at its default, as plain JSON values (what a key missing from a stored config means)."""
+    return dict(_plain(to_dict(Config())))
+
+
 class Parts:
     """Runs each named part of a ``compare`` or ``study`` once in its folder, records its wall time (a stopped
     part's too), and skips it when its summary exists for the same values of the keys its stage reads (a
@@ -215,25 +222,27 @@ class Parts:
     part summaries are relative to the part's folder, so a moved run folder keeps its finished parts.
 
     ``dry``: only check the finished parts (``run`` returns their summaries, or {} for a part still to run)
-    and write nothing, so that a refused command leaves the folder as it was."""
+    and write nothing, so that a refused command leaves the folder as it was; ``rows`` then lists every
+    part met, in order, with whether it has finished (what ``bissl study --plan`` prints)."""
 
     def __init__(self, root: Path, stop: GracefulStop, label: str, *, dry: bool = False) -> None:
         self.root = root
         self.stop = stop
         self.label = label
         self.dry = dry
+        self.rows: list[tuple[str, bool]] = []
         self.timings_file = root / TIMINGS_FILE
         self.timings: dict[str, float] = read_timings(self.timings_file)
 
     def run(self, name: str, folder: Path, config: Config, stage: Callable[..., Any]) -> dict[str, Any]:
         reads = PART_READS.get(getattr(stage, "__name__", ""))
         done = self.done(name, folder, config, reads)
-        if done is not None:
-            if not self.dry:
-                say(f"{self.label}: {name} already done, skipped")
-            return done
         if self.dry:
-            return {}
+            self.rows.append((name, done is not None))
+            return done or {}
+        if done is not None:
+            say(f"{self.label}: {name} already done, skipped")
+            return done
         say(f"{self.label}: {name}")
         started = time.perf_counter()
         run = RunDir(folder, config, resume=True, force=True, anchor=self.root)
@@ -257,9 +266,7 @@ class Parts:
         current = _located(_plain(to_dict(config)), Path.cwd(), root)
         base = folder.resolve() if summary.get(RELATIVE_PATHS) else Path.cwd()
         stored = _located(with_current_names(summary["config"]), base, root, current)  # renamed keys too
-        key = config_difference(
-            _select(stored, reads), _select(current, reads), _select(_plain(to_dict(Config())), reads)
-        )
+        key = config_difference(_select(stored, reads), _select(current, reads), _select(_defaults(), reads))
         if key is not None:
             there, here = _lookup(stored, key), _lookup(current, key)
             raise ConfigError(
@@ -270,9 +277,10 @@ class Parts:
         return summary
 
     def pending(self, name: str, folder: Path) -> None:
-        """A part that cannot be set up yet because a part it reads from has not finished (nothing to check
-        in ``dry`` mode)."""
+        """A part that cannot be set up yet because a part it reads from has not finished (in ``dry`` mode:
+        nothing to check, a part still to run)."""
         if self.dry:
+            self.rows.append((name, False))
             return
         raise BisslError(
             f"{self.label} part '{name}' in {folder} needs the result of a part that has not finished; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final, cast
@@ -23,7 +24,7 @@ from bissl.checkpoint import require_file
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import ConfigError
 from bissl.eval.stats import compare_to_reference, holm, paired_comparison, summarize
-from bissl.parts import PART_READS, TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
+from bissl.parts import TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
 from bissl.report.schema import (
     RESULTS_FILE,
     Hypothesis,
@@ -241,8 +242,8 @@ def run_bn_control(parts: Parts, config: Config, seed: int, pretext: str) -> Non
     resolved = arm_config(config, reference, seed=seed, pretext=pretext)
     source = pretext
     if reference.extra_pretext:
-        source = str(parts.root / "arms" / reference.name / f"seed-{seed}" / "extra-pretext")
-        source = str(Path(source) / "checkpoints" / "pretext.pt")
+        extra = parts.root / "arms" / reference.name / f"seed-{seed}" / "extra-pretext"
+        source = str(extra / "checkpoints" / "pretext.pt")
     warm = dataclasses.replace(resolved, pretext_checkpoint=source)
     folder = parts.root / "controls" / BN_CONTROL / f"seed-{seed}"
     prefix = f"{BN_CONTROL}/seed-{seed}"
@@ -265,8 +266,9 @@ def check_study(config: Config, out: Path) -> None:
     walk_parts(Parts(out, GracefulStop(), "study", dry=True), config)
 
 
-def walk_parts(parts: Parts, config: Config) -> None:
-    """Every part of the study in run order, through ``parts`` (a dry or planning walk runs nothing)."""
+def walk_parts(parts: Parts, config: Config, after_arm: Callable[[str], None] | None = None) -> str:
+    """Every part of the study in run order, through ``parts`` (a dry walk runs nothing); ``after_arm`` is
+    called with the pretext checkpoint after each arm at each seed. Returns the pretext checkpoint."""
     pretext = _pretext_part(parts, config, parts.root)
     for seed in config.study.pipeline_seeds:
         for arm in arm_order(config.study):
@@ -274,6 +276,9 @@ def walk_parts(parts: Parts, config: Config) -> None:
                 run_arm(parts, config, arm, seed, pretext)
                 if arm.name == config.study.reference and config.study.bn_control:
                     run_bn_control(parts, config, seed, pretext)
+                if after_arm is not None:
+                    after_arm(pretext)
+    return pretext
 
 
 def study(
@@ -282,41 +287,21 @@ def study(
     """Run every arm at every pipeline seed (seed-major, so finished seeds pair across arms), the BatchNorm
     control, the statistics; rewrite results.json and report.html after each arm and seed."""
     stop = stop or GracefulStop()
+    validate_study(config)  # `bissl study` has already run check_study; finished parts are checked as met
+
+    published: list[StudyResults] = []
+
+    def publish(pretext: str) -> None:
+        published[:] = [_publish(config, run, pretext)]
+        stop.check()
+
+    walk_parts(Parts(run.path, stop, "study"), config, after_arm=publish)
     root = run.path
-    check_study(config, root)
-    parts = Parts(root, stop, "study")
-    pretext = _pretext_part(parts, config, root)
-    results = collect_results(config, root, pretext)
-    for seed in config.study.pipeline_seeds:
-        for arm in arm_order(config.study):
-            if seed not in arm_seeds(config.study, arm):
-                continue
-            run_arm(parts, config, arm, seed, pretext)
-            if arm.name == config.study.reference and config.study.bn_control:
-                run_bn_control(parts, config, seed, pretext)
-            results = _publish(config, run, pretext)
-            stop.check()
-    results = _publish(config, run, pretext)
+    results = published[-1]  # the reference arm runs at every seed, so there is at least one
     print(format_table(results))
     print(f"report: {root / 'report.html'}")
     run.write_summary({"stage": "study", "results": RESULTS_FILE, "complete": results["complete"]})
     return results
-
-
-class PlannedParts(Parts):
-    """Walks a study without running anything: every part is recorded as finished or still to run."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, GracefulStop(), "study", dry=True)
-        self.rows: list[tuple[str, bool]] = []
-
-    def run(self, name: str, folder: Path, config: Config, stage: Any) -> dict[str, Any]:
-        done = self.done(name, folder, config, PART_READS.get(getattr(stage, "__name__", "")))
-        self.rows.append((name, done is not None))
-        return done or {}
-
-    def pending(self, name: str, folder: Path) -> None:
-        self.rows.append((name, False))
 
 
 def estimate_seconds(name: str, timings: dict[str, float]) -> float | None:
@@ -342,7 +327,7 @@ def plan_study(config: Config, root: Path) -> list[str]:
     """``bissl study --plan``: the parts still to run, each with its time estimated from the timings of
     finished parts, and their total; nothing is run and nothing is written."""
     validate_study(config)
-    parts = PlannedParts(root)
+    parts = Parts(root, GracefulStop(), "study", dry=True)
     walk_parts(parts, config)
     todo = [name for name, done in parts.rows if not done]
     lines = [f"{len(parts.rows) - len(todo)} of {len(parts.rows)} parts finished; to run:"]

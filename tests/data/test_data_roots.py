@@ -18,7 +18,7 @@ from bissl.data.registry import (
     load_dataset,
 )
 
-from .test_datasets import write_fashion_mnist
+from .test_datasets import fake_fashion_download
 
 
 @pytest.fixture
@@ -84,14 +84,7 @@ def test_fashion_mnist_downloaded_without_a_root_is_found_by_the_next_run(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-
-    def fake_download(target: str) -> Path:
-        calls.append(target)
-        folder = Path(target) / "FashionMNIST" / "raw"
-        write_fashion_mnist(folder, train_count=3, test_count=2)
-        return folder
-
-    monkeypatch.setattr(embedded, "_torchvision_fashion_mnist", fake_download)
+    monkeypatch.setattr(embedded, "_torchvision_fashion_mnist", fake_fashion_download(calls))
     assert len(load_dataset("fashion-mnist", "train", download=True)) == 3
     assert calls == [str(home / ".cache" / "bissl")]
     assert len(load_dataset("fashion-mnist", "test")) == 2  # no download=True this time

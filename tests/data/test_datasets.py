@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,19 @@ def write_fashion_mnist(folder: Path, train_count: int = 6, test_count: int = 4,
         labels = (np.arange(count) % 10).astype(np.uint8)
         write_idx(folder / f"{image_stem}.gz", images)
         write_idx(folder / f"{label_stem}.gz", labels)
+
+
+def fake_fashion_download(calls: list[str]) -> Callable[[str], Path]:
+    """A stand-in for torchvision's Fashion-MNIST download: records the target folder and writes a tiny copy
+    (3 train, 2 test images) where torchvision would put it."""
+
+    def download(target: str) -> Path:
+        calls.append(target)
+        folder = Path(target) / "FashionMNIST" / "raw"
+        write_fashion_mnist(folder, train_count=3, test_count=2)
+        return folder
+
+    return download
 
 
 @pytest.fixture
@@ -131,14 +145,7 @@ def test_fashion_mnist_download_goes_through_torchvision(
     no_fashion_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-
-    def fake_download(target: str) -> Path:
-        calls.append(target)
-        folder = Path(target) / "FashionMNIST" / "raw"
-        write_fashion_mnist(folder, train_count=3, test_count=2)
-        return folder
-
-    monkeypatch.setattr(datasets, "_torchvision_fashion_mnist", fake_download)
+    monkeypatch.setattr(datasets, "_torchvision_fashion_mnist", fake_fashion_download(calls))
     dataset = load_dataset("fashion-mnist", "test", root=str(tmp_path / "dl"), download=True)
     assert len(dataset) == 2 and calls == [str(tmp_path / "dl")]
     again = load_dataset("fashion-mnist", "train", root=str(tmp_path / "dl"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bissl import cli
+from tests.cli_run import snapshot
 from tests.tiny import TINY
 
 SMALL = ["bilevel.hessian_batch_size=8", "bilevel.upper_batch_size=8", "bilevel.diagnose_steps=6"]
@@ -22,14 +22,6 @@ LINE_PREFIXES = (
     "true residual:",
     "cos(x, v):",
 )
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +80,7 @@ def test_prints_one_line_per_quantity_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    before = _snapshot(checkpoints["root"])
+    before = snapshot(checkpoints["root"])
     lines = _run([*TINY, *SMALL, f"pretext_checkpoint={checkpoints['pretext']}"], capsys)
     assert [line.split(":")[0] + ":" for line in lines] == [p.split(":")[0] + ":" for p in LINE_PREFIXES]
     lambda_min, lambda_max = float(_value(lines, "lambda_min:")), float(_value(lines, "lambda_max:"))
@@ -101,7 +93,7 @@ def test_prints_one_line_per_quantity_and_writes_nothing(
     assert -1 <= float(_value(lines, "cos(x, v):")) <= 1
     assert "freshly initialised linear head" in lines[-1]
     assert "6 Lanczos steps" in lines[0]
-    assert _snapshot(checkpoints["root"]) == before
+    assert snapshot(checkpoints["root"]) == before
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import bissl.train.search as search_module
 import bissl.train.search.fit as fit_module
 from bissl.data.embedded import synthetic_dataset
 from bissl.data.folds import fold_assignment, fold_split
@@ -61,9 +60,9 @@ def test_trial_value_is_the_mean_over_folds_and_folds_resume(
         assert trial["folds"] == values
         assert trial["value"] == pytest.approx(sum(values) / 3)
     # A trial stopped after its folds: the rerun reads their summaries and trains nothing.
-    trial_config = search_module._with_settings(config, lr=0.01, weight_decay=1e-4, epochs=1, seed=0)
+    trial_config = fit_module._with_settings(config, lr=0.01, weight_decay=1e-4, epochs=1, seed=0)
     folder = tmp_path / "trials" / "trial-0009"
-    first = search_module._cross_validate(trial_config, folder, GracefulStop(), True)
+    first = fit_module._cross_validate(trial_config, folder, GracefulStop(), True)
     recorder.calls.clear()
-    assert search_module._cross_validate(trial_config, folder, GracefulStop(), True) == first
+    assert fit_module._cross_validate(trial_config, folder, GracefulStop(), True) == first
     assert recorder.calls == []

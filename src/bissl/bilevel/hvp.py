@@ -16,28 +16,20 @@ statistics are left untouched unless ``update_bn_stats=True`` restores the refer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bissl.models.batchnorm import batch_norm_layers
+
 Vectors = tuple[Tensor, ...]
 LossFn = Callable[[], Tensor]
 
 HVP_MODES = ("recompute", "reuse", "forward-over-reverse")
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _batch_norms(modules: Iterable[nn.Module]) -> list[_BatchNorm]:
-    """Every BatchNorm layer inside ``modules``, each once."""
-    found: dict[int, _BatchNorm] = {}
-    for module in modules:
-        for layer in module.modules():
-            if isinstance(layer, _BatchNorm):
-                found.setdefault(id(layer), layer)
-    return list(found.values())
 
 
 @contextmanager
@@ -52,7 +44,7 @@ def frozen_bn_stats(*modules: nn.Module) -> Iterator[None]:
             layer,
             {name: getattr(layer, name).clone() for name in _BN_BUFFERS if getattr(layer, name) is not None},
         )
-        for layer in _batch_norms(modules)
+        for layer in batch_norm_layers(*modules)
     ]
     try:
         yield
@@ -74,7 +66,7 @@ def untracked_bn_stats(*modules: nn.Module) -> Iterator[None]:
     inside stay valid and ``torch.func`` transforms see no in-place buffer updates.
     """
     detached: list[tuple[_BatchNorm, dict[str, Tensor | None]]] = []
-    for layer in _batch_norms(modules):
+    for layer in batch_norm_layers(*modules):
         if layer.training and layer.track_running_stats:
             detached.append((layer, {name: getattr(layer, name) for name in _BN_BUFFERS}))
             for name in _BN_BUFFERS:

@@ -16,9 +16,14 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def batch_norm_layers(module: nn.Module) -> list[_BatchNorm]:
-    """The BatchNorm layers of ``module`` that keep running statistics."""
-    return [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+def batch_norm_layers(*modules: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers inside ``modules`` that keep running statistics, each once."""
+    found: dict[int, _BatchNorm] = {}
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, _BatchNorm) and layer.track_running_stats:
+                found.setdefault(id(layer), layer)
+    return list(found.values())
 
 
 @torch.no_grad()

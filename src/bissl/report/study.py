@@ -5,6 +5,7 @@ Its sentences, tables and figure are also what docs/evidence.md is written from 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -137,6 +138,11 @@ def status_line(results: StudyResults) -> str:
     )
 
 
+def _or_lowest(value: float | None) -> float:
+    """A number to rank by, with a missing one below every real one (a difference of 0.0 is not missing)."""
+    return -math.inf if value is None else value
+
+
 def headline(results: StudyResults) -> str:
     """The study's result in one line: the BiSSL arm with the largest mean gain, its interval, Holm-adjusted
     p-value and cost, how many BiSSL arms beat the reference, and the gain against matched extra pretext steps."""
@@ -145,7 +151,7 @@ def headline(results: StudyResults) -> str:
     bilevel = [n for n, arm in results["arms"].items() if _kind(arm) == "bilevel" and n in compared]
     if not bilevel:
         return "No BiSSL arm has finished yet."
-    best = max(bilevel, key=lambda n: as_number(compared[n]["mean_difference"]) or -1e9)
+    best = max(bilevel, key=lambda n: _or_lowest(as_number(compared[n]["mean_difference"])))
     winners = [n for n in bilevel if _verdict(compared[n]) == "better"]
     significant = [n for n in winners if _holm_p(compared[n]) < ALPHA]
     text = (
@@ -197,8 +203,8 @@ def conclusion(results: StudyResults) -> list[str]:
             )
         )
     else:
-        lowest = min(as_number(compared[n]["mean_difference"]) or 0.0 for n in bilevel)
-        highest = max(as_number(compared[n]["mean_difference"]) or 0.0 for n in bilevel)
+        known = [v for n in bilevel if (v := as_number(compared[n]["mean_difference"])) is not None]
+        lowest, highest = (min(known), max(known)) if known else (math.nan, math.nan)
         lines.append(
             f"No BiSSL arm beat {reference}: mean differences ranged from {lowest:+.2f} to {highest:+.2f} "
             "points and no 95% CI lies above 0"

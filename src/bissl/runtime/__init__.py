@@ -32,7 +32,6 @@ from bissl.runtime.tensorboard_logs import (
     tensorboard_log,
     tensorboard_writer_class,
 )
-from bissl.runtime.timing import Timer
 
 __all__ = [
     "CONFIG_FILE",
@@ -50,7 +49,6 @@ __all__ = [
     "RunDir",
     "StopRequested",
     "TensorBoardLog",
-    "Timer",
     "close_tensorboard_logs",
     "files_under",
     "holds_work",

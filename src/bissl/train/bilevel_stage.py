@@ -168,14 +168,18 @@ def train_bilevel(
         warm_projector(lower, config, pretext_data, two_view, run, stop=stop, device=device, resume=resume)
         lower.reset_target()
 
+    refreshed_at: list[int] = []  # the alternation whose weights the statistics were last recomputed at
+
     def refresh_upper_statistics() -> None:
         """θ_D's BatchNorm statistics at its current weights, before θ_D is evaluated or saved: the running
         averages of the upper steps trail weights that move a lot per step (docs/bilevel.md). Every rank
-        passes the whole training split, so all hold the same statistics (SyncBatchNorm included)."""
-        if s.upper_bn == "refresh":
+        passes the whole training split, so all hold the same statistics (SyncBatchNorm included). Weights
+        that were already refreshed (the last alternation's validation) are not passed over again."""
+        if s.upper_bn == "refresh" and refreshed_at != [trainer.alternation]:
             refresh_batchnorm(
                 upper_backbone, splits["train"], downstream_augment, device, config.eval.batch_size
             )
+            refreshed_at[:] = [trainer.alternation]
 
     totals = {"lower_seconds": 0.0, "upper_seconds": 0.0}
     record: dict[str, Any] = {}

@@ -181,11 +181,7 @@ def _check_counts(config: Config, classes: int, multilabel: bool, size: int) -> 
             f"data.downstream={name} has {classes} class in its training split; a downstream "
             "classification set needs at least 2; choose another data.downstream"
         )
-    limit = data.downstream_limit
-    if limit is not None and limit < 1:
-        raise DataError(
-            f"data.downstream_limit must be a positive number of training images or null, got {limit}"
-        )
+    limit = data.downstream_limit  # at least 1 when set: the config's range guarantees it
     if limit is None or size < limit:
         return  # no limit, or one that keeps every image
     official_val = registry.has_official_val(name)

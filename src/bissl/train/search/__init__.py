@@ -18,8 +18,6 @@ from typing import Any
 
 from bissl.config import Config
 from bissl.runtime import GracefulStop, RunDir, say
-from bissl.train.search.fit import _cross_validate as _cross_validate
-from bissl.train.search.fit import _with_settings as _with_settings
 from bissl.train.search.fit import open_subrun
 from bissl.train.search.seeds import run_seeds, seed_statistics, seeds_at_setting
 from bissl.train.search.storage import (
