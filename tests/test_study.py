@@ -222,3 +222,54 @@ def test_parts_stay_valid_when_the_config_gains_keys_at_their_defaults() -> None
     assert not same_config(stored, {**grown, "logging": {"tensorboard": True}}, defaults)
     assert not same_config(stored, {**grown, "seed": 2}, defaults)
     assert not same_config({**stored, "removed": 1}, grown, defaults)
+
+
+def _finish_part(config: Any, run: Any, *, stop: Any, resume: bool) -> None:
+    run.write_summary({"stage": "test"})
+
+
+def test_a_relative_checkpoint_outside_the_study_folder_is_stored_absolute_and_matches_on_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path given relative to the working directory that lies outside the study folder is stored as an
+    absolute path (not relative to the part's folder), and the rerun from the same place finds the part done."""
+    from bissl.parts import Parts
+    from bissl.runtime import GracefulStop
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "pretext.pt").write_bytes(b"")
+    config = load_config(None, [*SETTINGS, "pretext_checkpoint=pretrained/pretext.pt"])
+    Parts(Path("study"), GracefulStop(), "study").run("part", Path("study/arm/part"), config, _finish_part)
+    stored = json.loads((tmp_path / "study/arm/part/summary.json").read_text())["config"]
+    assert stored["pretext_checkpoint"] == str(tmp_path.resolve() / "pretrained" / "pretext.pt")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished part was run again")
+
+    again = Parts(Path("study"), GracefulStop(), "study")
+    assert again.run("part", Path("study/arm/part"), config, refuse)["stage"] == "test"
+
+
+def test_an_older_summary_that_kept_a_working_directory_path_still_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Summaries written before the fix kept such a path as given (relative to the working directory) beside
+    paths relative to the part's folder; a relative value that names no file from the part's folder but from the working directory is read from there, so those parts are not refused or rerun."""
+    from bissl.parts import Parts
+    from bissl.runtime import GracefulStop
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "pretext.pt").write_bytes(b"")
+    config = load_config(None, [*SETTINGS, "pretext_checkpoint=pretrained/pretext.pt"])
+    Parts(Path("study"), GracefulStop(), "study").run("part", Path("study/arm/part"), config, _finish_part)
+    file = tmp_path / "study/arm/part/summary.json"
+    summary = json.loads(file.read_text())
+    summary["config"]["pretext_checkpoint"] = "pretrained/pretext.pt"  # as the older version stored it
+    file.write_text(json.dumps(summary))
+    again = Parts(Path("study"), GracefulStop(), "study")
+    assert again.done("part", Path("study/arm/part"), config) is not None
+    other = load_config(None, [*SETTINGS, "pretext_checkpoint=elsewhere/pretext.pt"])
+    with pytest.raises(Exception, match="pretext_checkpoint"):
+        again.done("part", Path("study/arm/part"), other)

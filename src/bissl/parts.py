@@ -171,8 +171,14 @@ RUN_FOLDER = "<run folder>"
 
 def _location(value: str, base: Path, root: Path) -> str:
     """A path of a config as its place in the run folder (``<run folder>/...``) when it lies inside ``root``,
-    else as an absolute path; ``base`` is the folder a relative path is relative to."""
-    target = (base / value).resolve() if not Path(value).is_absolute() else Path(value).resolve()
+    else as an absolute path; ``base`` is the folder a relative path is relative to. Older summaries kept a
+    path outside the run folder as given, relative to the working directory: a relative value that names no
+    file from ``base`` but one from the working directory is read from there."""
+    target = Path(value).resolve()
+    if not Path(value).is_absolute():
+        target = (base / value).resolve()
+        if not target.exists() and Path(value).exists():
+            target = Path(value).resolve()
     try:
         return f"{RUN_FOLDER}/{target.relative_to(root).as_posix()}"
     except ValueError:

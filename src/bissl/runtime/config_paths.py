@@ -40,7 +40,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def relative_paths(config: dict[str, Any], base: Path, anchor: Path) -> dict[str, Any]:
     """A copy of a config dict whose path values (``PATH_KEYS``) that lie inside ``anchor`` are written
-    relative to ``base``, so that moving ``anchor`` as a whole keeps them valid."""
+    relative to ``base``, so that moving ``anchor`` as a whole keeps them valid; the others are absolute."""
     data = json.loads(json.dumps(config))
     for key in PATH_KEYS:
         value = lookup(data, key)
@@ -50,8 +50,9 @@ def relative_paths(config: dict[str, Any], base: Path, anchor: Path) -> dict[str
 
 
 def relative_path(value: str, base: Path, anchor: Path) -> str:
-    """``value`` relative to ``base`` when it lies inside ``anchor``, else unchanged."""
+    """``value`` relative to ``base`` when it lies inside ``anchor``, else absolute (a path given relative to
+    the working directory would otherwise be read later as relative to ``base``)."""
     target = Path(value).resolve()
     if not _inside(target, anchor.resolve()):
-        return value
+        return str(target)
     return os.path.relpath(target, base.resolve())
