@@ -13,7 +13,7 @@ from torch import nn
 
 from bissl import distributed
 from bissl.models import mlp
-from bissl.pretext.base import PretextTask
+from bissl.pretext.base import OuterLoss, PretextTask
 
 VARIANCE_TARGET = 1.0
 """γ: the standard deviation each embedding dimension is pushed up to (the paper's fixed constant)."""
@@ -86,3 +86,12 @@ class VICReg(PretextTask):
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         z1, z2 = self.head(self.backbone(torch.cat([view1, view2]))).chunk(2)
         return vicreg_loss(z1, z2, self.invariance, self.variance, self.covariance)
+
+    def gauss_newton_split(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, OuterLoss]:
+        """None exists: the covariance term is quartic in the embeddings and the variance hinge
+        relu(γ − std) is concave in them, so no convex ℓ of the embeddings gives this loss (the config
+        refuses ``bilevel.curvature=ggn`` with VICReg before any work starts)."""
+        raise NotImplementedError(
+            "VICReg has no Gauss–Newton split (its covariance term is quartic in the embeddings, its "
+            "variance hinge is not convex); use bilevel.curvature=hessian"
+        )
