@@ -106,7 +106,7 @@ CASES: list[Case] = [
     (
         "Hessian batch of 0",
         _stage("bilevel", "bilevel.hessian_batch_size=0"),
-        "'bilevel.hessian_batch_size' must be >= 2 (a SimCLR or BYOL batch needs two images)",
+        "'bilevel.hessian_batch_size' must be >= 2 (a pretext batch needs two images)",
     ),
     (
         "lower batch of 1",
@@ -148,6 +148,13 @@ CASES: list[Case] = [
         "Neumann step of 0",
         _stage("bilevel", "bilevel.neumann_scale=0"),
         "'bilevel.neumann_scale' must be > 0",
+    ),
+    (
+        "VICReg with Gauss-Newton curvature",
+        _stage("bilevel", "pretext.method=vicreg", "bilevel.curvature=ggn"),
+        "config key 'bilevel.curvature' is ggn, but pretext.method=vicreg has no convex split for "
+        "Gauss–Newton curvature (its covariance term is quartic in the embeddings, its variance hinge is "
+        "not convex); set bilevel.curvature=hessian",
     ),
     (
         "key twice in a config file",

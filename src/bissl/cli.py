@@ -88,7 +88,7 @@ STAGES: dict[str, Stage] = {
     "pretrain": Stage(
         "bissl.train.pretrain",
         "pretrain",
-        "self-supervised pretraining (SimCLR or BYOL)",
+        "self-supervised pretraining (SimCLR, BYOL, VICReg, Barlow Twins, MoCo v3)",
         ("data", "model", "pretext", "augment", "pretrain", "logging"),
     ),
     "warmup": Stage(

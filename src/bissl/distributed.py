@@ -172,6 +172,14 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     return gathered
 
 
+def gather_rows(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 as a constant (no gradient flows back); the tensor
+    itself in a single process. Every rank must pass the same shape."""
+    if not is_distributed():
+        return tensor.detach()
+    return _gather_rows(tensor)
+
+
 class SyncBatchNorm(_BatchNorm):
     """BatchNorm whose training-mode statistics are those of the batch concatenated over all ranks.
 

@@ -115,7 +115,7 @@ MOMENTUM = within(0, 1, high_open=True)
 """SGD and LARS momentum: in [0, 1)."""
 SEED = within(0, 2**32 - 1)
 """Seeds: whole numbers NumPy, torch and Python's random all take."""
-PRETEXT_BATCH = at_least(2, "a SimCLR or BYOL batch needs two images")
+PRETEXT_BATCH = at_least(2, "a pretext batch needs two images")
 """Images per pretext batch: the contrastive and BatchNorm statistics need two."""
 CROP_SCALE = within(0, 1, low_open=True)
 """Area fractions of a random resized crop: in (0, 1]."""

@@ -76,10 +76,11 @@ class ModelConfig:
 
 @dataclass
 class PretextConfig:
-    """The self-supervised task (docs/method.md, Pipeline): SimCLR or BYOL with an MLP projector."""
+    """The self-supervised task (docs/method.md, Pipeline; docs/pretext.md): SimCLR, BYOL, VICReg, Barlow Twins
+    or MoCo v3, each with an MLP projector."""
 
-    method: Literal["simclr", "byol"] = "simclr"
-    """Pretext task: SimCLR (contrastive) or BYOL (predictor against an EMA target)."""
+    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3"] = "simclr"
+    """Pretext task: SimCLR (contrastive), BYOL (predictor against an EMA target), VICReg (variance-invariance-covariance), Barlow Twins (cross-correlation to identity) or MoCo v3 (predictor against momentum keys, contrastive); docs/pretext.md."""
     temperature: float = field(default=0.5, metadata=POSITIVE)
     """SimCLR: temperature of the contrastive softmax."""
     projector_hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=COUNT)
@@ -87,17 +88,31 @@ class PretextConfig:
     projector_dim: int = field(default=256, metadata=COUNT)
     """Output width of the projector."""
     predictor_hidden: list[int] = field(default_factory=lambda: [256], metadata=COUNT)
-    """BYOL: hidden widths of the predictor MLP."""
+    """BYOL and MoCo v3: hidden widths of the predictor MLP."""
     ema: float = field(default=0.9995, metadata=PROBABILITY)
     """BYOL: decay of the target network's exponential moving average."""
     ema_schedule: Literal["constant", "cosine"] = "constant"
     """BYOL: keep the EMA decay constant, or raise it from ema to 1 along a cosine over the training steps."""
+    vicreg_invariance: float = field(default=25.0, metadata=NON_NEGATIVE)
+    """VICReg: weight λ of the invariance term (mean squared error between the two views' embeddings)."""
+    vicreg_variance: float = field(default=25.0, metadata=NON_NEGATIVE)
+    """VICReg: weight μ of the variance term (hinge pushing each dimension's standard deviation up to 1)."""
+    vicreg_covariance: float = field(default=1.0, metadata=NON_NEGATIVE)
+    """VICReg: weight ν of the covariance term (squared off-diagonal covariances over the embedding width)."""
+    barlow_lambda: float = field(default=0.0051, metadata=NON_NEGATIVE)
+    """Barlow Twins: weight λ of the redundancy-reduction (off-diagonal) term of the cross-correlation loss."""
+    moco_temperature: float = field(default=1.0, metadata=POSITIVE)
+    """MoCo v3: temperature τ of the contrastive softmax (1.0 is the paper's ResNet setting; 0.2 for ViTs)."""
+    moco_momentum: float = field(default=0.99, metadata=PROBABILITY)
+    """MoCo v3: decay of the momentum encoder at the start of training."""
+    moco_momentum_schedule: Literal["cosine", "constant"] = "cosine"
+    """MoCo v3: raise the momentum from moco_momentum to 1 along a half cosine over the training steps, or keep it constant."""
     head_hidden_bias: bool = False
-    """Projector and predictor: hidden Linear layers carry a bias (cancelled by their BatchNorm in training mode; the authors' code has one)."""
+    """Projector and predictor (every method): hidden Linear layers carry a bias (cancelled by their BatchNorm in training mode; the authors' code has one)."""
     head_output_bias: bool = True
-    """Projector and predictor: the output Linear layer carries a bias (the authors' has none)."""
+    """Projector and predictor (every method): the output Linear layer carries a bias (the authors' has none; MoCo v3's projector never has one, its output BatchNorm would cancel it)."""
     head_hidden_bn: bool = True
-    """Projector and predictor: a BatchNorm after each hidden Linear layer (false: Linear-ReLU, as solo-learn's and lightly's SimCLR projectors without batch norm; set head_hidden_bias=true with it)."""
+    """Projector and predictor (every method): a BatchNorm after each hidden Linear layer (false: Linear-ReLU, as solo-learn's and lightly's SimCLR projectors without batch norm; set head_hidden_bias=true with it)."""
     projector_warmup_steps: int = field(default=0, metadata=at_least(0, "0: off"))
     """bilevel: LARS steps that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
     projector_warmup_lr: float = field(default=1.0, metadata=POSITIVE)

@@ -119,6 +119,12 @@ def validate(config: Config) -> None:
     _check_shapes(config)
     _validate_curvature(config.bilevel)
     _check(
+        not (config.pretext.method == "vicreg" and config.bilevel.curvature == "ggn"),
+        "config key 'bilevel.curvature' is ggn, but pretext.method=vicreg has no convex split for Gauss–Newton "
+        "curvature (its covariance term is quartic in the embeddings, its variance hinge is not convex); "
+        "set bilevel.curvature=hessian",
+    )
+    _check(
         config.device == "auto" or config.device == "cpu" or config.device.startswith("cuda"),
         f"config key 'device' got {config.device!r}; allowed: auto, cpu, cuda, cuda:N",
     )

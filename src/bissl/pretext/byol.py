@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bissl.models import mlp
-from bissl.pretext.base import OuterLoss, PretextTask
+from bissl.pretext.base import OuterLoss
+from bissl.pretext.momentum import MomentumTask, ema_update
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -18,28 +16,9 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=-1)).mean()
 
 
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target ← m·target + (1−m)·online for parameters; buffers are copied."""
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
-        tb.copy_(ob)
-
-
-class _Online(nn.Module):
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projector
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
-
-
-class BYOL(PretextTask):
+class BYOL(MomentumTask):
     """The pretext head φ_P is projector + predictor; the target network is a constant everywhere but in
-    ``after_step`` (its EMA update), so HVPs and the upper phase never move it."""
+    ``after_step`` (its EMA update), so HVPs and the upper phase never move it (pretext/momentum.py)."""
 
     def __init__(
         self,
@@ -53,34 +32,21 @@ class BYOL(PretextTask):
         ema_schedule: str = "constant",
         hidden_bias: bool = False,
         output_bias: bool = True,
+        hidden_bn: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias}
+        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias, "hidden_bn": hidden_bn}
         projector = mlp(feature_dim, tuple(projector_hidden), projector_dim, **biases)
         predictor = mlp(projector_dim, tuple(predictor_hidden), projector_dim, **biases)
         self.head = nn.ModuleDict({"projector": projector, "predictor": predictor})
-        self.base_ema = ema
-        self.ema_schedule = ema_schedule
-        self.target = copy.deepcopy(_Online(backbone, projector))
-        self.target.requires_grad_(False)
-
-    def _part(self, name: str) -> nn.Module:
-        head: nn.ModuleDict = self.head  # type: ignore[assignment]
-        return head[name]
-
-    def momentum(self, progress: float) -> float:
-        """Constant EMA, or BYOL's cosine increase from the base value to 1."""
-        if self.ema_schedule == "cosine":
-            return 1 - (1 - self.base_ema) * (math.cos(math.pi * progress) + 1) / 2
-        return self.base_ema
+        self._init_target(ema, ema_schedule)
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         both = torch.cat([view1, view2])
         projector, predictor = self._part("projector"), self._part("predictor")
         prediction = predictor(projector(self.backbone(both)))
-        with torch.no_grad():
-            target = self.target(both)
+        target = self.target_outputs(both)
         p1, p2 = prediction.chunk(2)
         t1, t2 = target.chunk(2)
         return byol_loss(p1, t2) + byol_loss(p2, t1)
@@ -91,8 +57,7 @@ class BYOL(PretextTask):
         both = torch.cat([view1, view2])
         projector, predictor = self._part("projector"), self._part("predictor")
         normalised = F.normalize(predictor(projector(self.backbone(both))), dim=-1)
-        with torch.no_grad():
-            target = F.normalize(self.target(both), dim=-1)
+        target = F.normalize(self.target_outputs(both), dim=-1)
         t1, t2 = target.chunk(2)
         swapped = torch.cat([t2, t1])
         batch = view1.shape[0]
@@ -105,14 +70,5 @@ class BYOL(PretextTask):
 
         return normalised, OuterLoss(value, hvp)
 
-    def after_step(self, progress: float) -> None:
-        online = _Online(self.backbone, self._part("projector"))
-        ema_update(self.target, online, self.momentum(progress))
 
-    def reset_target(self) -> None:
-        with torch.no_grad():
-            online = _Online(self.backbone, self._part("projector"))
-            for t, o in zip(self.target.parameters(), online.parameters(), strict=True):
-                t.copy_(o)
-            for tb, ob in zip(self.target.buffers(), online.buffers(), strict=True):
-                tb.copy_(ob)
+__all__ = ["BYOL", "byol_loss", "ema_update"]
