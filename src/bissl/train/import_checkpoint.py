@@ -31,14 +31,14 @@ from torch import Tensor, nn
 from bissl.checkpoint import require_file
 from bissl.config import Config
 from bissl.errors import CheckpointError, ConfigError
-from bissl.pretext import PretextTask
+from bissl.pretext import PRETEXT_TASKS, PretextTask
 from bissl.runtime import RunDir, say, seed_everything
 from bissl.train.checkpoint_formats import save_backbone, save_pretext
 from bissl.train.model_factory import make_pretext
 
 LAYOUTS = ("torchvision", "timm", "solo-learn", "lightly", "bissl-reference")
 RESNETS = ("resnet18", "resnet34", "resnet50")
-METHODS = ("simclr", "byol", "vicreg", "barlow_twins", "mocov3")
+METHODS = PRETEXT_TASKS
 METHOD_NAMES = {
     "simclr": "SimCLR",
     "byol": "BYOL",
@@ -332,7 +332,9 @@ def _bissl_reference(state: dict[str, Tensor], head: dict[str, Tensor] | None) -
         head = head or in_file or None
     else:
         backbone = dict(state)
-    parts = SourceParts(backbone=_without_fc(backbone), prefixes={"projector": "projector.", "predictor": "predictor."})
+    parts = SourceParts(
+        backbone=_without_fc(backbone), prefixes={"projector": "projector.", "predictor": "predictor."}
+    )
     _drop(state, parts, "fc.", "classifier")
     for prefix in ("backbone_target.", "projector_target."):
         _drop(state, parts, prefix, "BYOL target network (re-copied from the online network)")
@@ -418,6 +420,14 @@ class _Layer:
         """Linear: (out, in); BatchNorm: (features,)."""
         return tuple(self.tensors["weight" if self.kind == "linear" else "running_mean"].shape)
 
+    def key(self, prefix: str) -> str:
+        """The layer's first tensor as the file names it: ``weight``, or ``running_mean`` without affine."""
+        return f"{prefix}{self.index}.{'weight' if 'weight' in self.tensors else 'running_mean'}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensors["weight" if "weight" in self.tensors else "running_mean"].shape)
+
     def describe(self) -> str:
         if self.kind == "linear":
             return f"Linear({self.width[1]}, {self.width[0]})"
@@ -482,22 +492,26 @@ def _width_fix(role: str, theirs: list[_Layer], mine: list[_Layer]) -> str:
 
 
 def _first_difference(theirs: list[_Layer], mine: list[_Layer], what: str, prefix: str) -> str | None:
-    """The first layer where the checkpoint's MLP and the configured one differ in kind or width, in words."""
+    """The first layer where the checkpoint's MLP and the configured one differ in kind or width: its key in
+    the file and both shapes."""
     for position in range(max(len(theirs), len(mine))):
         a = theirs[position] if position < len(theirs) else None
         b = mine[position] if position < len(mine) else None
         if a is None and b is not None:
             return f"the checkpoint's {what} ends where the configured one has a {b.describe()} (layer {b.index})"
-        if b is None and a is not None:
-            return f"{prefix}{a.index}.* is a {a.describe()} that the configured {what} lacks"
+        if a is not None and b is None:
+            return f"{a.key(prefix)}: checkpoint {list(a.shape)} ({a.describe()}), which the configured {what} lacks"
         if a is not None and b is not None and (a.kind != b.kind or a.width != b.width):
-            if a.kind == b.kind:
-                return f"{prefix}{a.index}.weight: checkpoint {list(a.width)}, model {list(b.width)}"
-            return f"{prefix}{a.index}.* is a {a.describe()} where the configured {what} has a {b.describe()}"
+            return (
+                f"{a.key(prefix)}: checkpoint {list(a.shape)} ({a.describe()}), "
+                f"model {list(b.shape)} ({b.describe()})"
+            )
     return None
 
 
-def _misfit(what: str, theirs: list[_Layer], mine: list[_Layer], problem: str, fix: str, hint: str) -> CheckpointError:
+def _misfit(
+    what: str, theirs: list[_Layer], mine: list[_Layer], problem: str, fix: str, hint: str
+) -> CheckpointError:
     advice = f"{fix}, or {hint}" if fix else hint
     return CheckpointError(
         f"the {what} in the checkpoint ({_shape(theirs)}) does not fit the configured one ({_shape(mine)}): "
@@ -506,7 +520,7 @@ def _misfit(what: str, theirs: list[_Layer], mine: list[_Layer], problem: str, f
 
 
 def map_mlp(
-    source: dict[str, Tensor], target: nn.Sequential, what: str, hint: str, *, prefix: str = ""
+    source: dict[str, Tensor], target: nn.Module, what: str, hint: str, *, prefix: str = ""
 ) -> dict[str, Tensor]:
     """A source MLP (Linear / BatchNorm / activation as ``nn.Sequential``) as ``target``'s state dict.
 
@@ -539,7 +553,9 @@ def map_mlp(
             out[f"{slot.index}.weight"] = layer.tensors["weight"]
             bias = layer.tensors.get("bias")
             if "bias" in slot.tensors:
-                out[f"{slot.index}.bias"] = bias if bias is not None else torch.zeros_like(slot.tensors["bias"])
+                out[f"{slot.index}.bias"] = (
+                    bias if bias is not None else torch.zeros_like(slot.tensors["bias"])
+                )
             elif bias is not None and following == "bn":
                 carried_bias = bias
             elif bias is not None and bool(bias.abs().max() > 0):
@@ -551,7 +567,9 @@ def map_mlp(
         else:
             affine = "weight" in layer.tensors
             if affine and "weight" not in slot.tensors:
-                identity = bool((layer.tensors["weight"] == 1).all()) and bool((layer.tensors["bias"] == 0).all())
+                identity = bool((layer.tensors["weight"] == 1).all()) and bool(
+                    (layer.tensors["bias"] == 0).all()
+                )
                 if not identity:
                     problem = (
                         f"{prefix}{layer.index}.weight and .bias: the checkpoint's BatchNorm has trained affine "
@@ -630,6 +648,8 @@ def _resolve_method(
             f"the checkpoint holds a {_named(method)} model ({evidence}); its backbone alone goes into "
             f"pretext.method={wanted}"
         )
+    elif method is not None:
+        notes.append(f"the checkpoint holds a {_named(method)} model ({evidence})")
     elif method is None and parts.candidates == ():
         if takes_head:
             raise CheckpointError(
@@ -645,7 +665,9 @@ def _resolve_method(
                     f"pretext.method is '{wanted}'; pass pretext.method and imported.method as one of "
                     f"{', '.join(parts.candidates)} (or imported.projector=false for its backbone alone)"
                 )
-            notes.append(f"the checkpoint holds a {_either(parts.candidates)} model; its backbone alone is imported")
+            notes.append(
+                f"the checkpoint holds a {_either(parts.candidates)} model; its backbone alone is imported"
+            )
         else:
             evidence = f"assumed from pretext.method ({keys})"
             notes.append(
@@ -711,7 +733,7 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
     return task, info
 
 
-def _head_modules(task: PretextTask) -> dict[str, nn.Sequential]:
+def _head_modules(task: PretextTask) -> dict[str, nn.Module]:
     """The task's pretext head by part: a projector alone, or projector and predictor (BYOL, MoCo v3)."""
     head: Any = task.head
     if isinstance(head, nn.ModuleDict):
@@ -768,7 +790,7 @@ def _import_target(
     names = ("momentum_backbone", "momentum_projector")
     held = [f"{parts.prefixes.get(n, n + '.')}*" for n in names if getattr(parts, n) is not None]
     target: Any = getattr(task, "target", None)
-    if not isinstance(target, nn.Module):
+    if target is None:
         if held:
             notes.append(
                 f"dropped the momentum networks ({', '.join(held)}): pretext.method={config.pretext.method} "
@@ -799,7 +821,9 @@ def _import_target(
             "of the online one"
         )
     elif held:
-        notes.append(f"dropped {held[0]} (the release holds only this momentum network); the target network is a copy of the online one")
+        notes.append(
+            f"dropped {held[0]} (the release holds only this momentum network); the target network is a copy of the online one"
+        )
     else:
         notes.append("no momentum networks in the release; the target network is a copy of the online one")
     return "online copy"
