@@ -1,4 +1,5 @@
-"""Gauss–Newton products of the real SimCLR and BYOL tasks against dense Jᵀ H_out J on a tiny ResNet."""
+"""Gauss–Newton products of the real SimCLR, BYOL, Barlow Twins and MoCo v3 tasks against dense Jᵀ H_out J on a
+tiny ResNet; VICReg has no split."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from bissl.bilevel.ggn import GGN_MODES, GaussNewtonOperator, gauss_newton_opera
 from bissl.bilevel.hvp import flat_parameters, frozen_bn_stats
 from bissl.bilevel.spectrum import flatten, unflatten
 from bissl.models.backbones import build_backbone, feature_dim
-from bissl.pretext import BYOL, PretextTask, SimCLR
+from bissl.pretext import BYOL, BarlowTwins, MoCoV3, PretextTask, SimCLR, VICReg
 from bissl.pretext.base import OuterLoss
+
+KINDS = ["simclr", "byol", "barlow_twins", "mocov3"]
 
 
 def _task(kind: str) -> tuple[PretextTask, Tensor, Tensor]:
@@ -21,12 +24,28 @@ def _task(kind: str) -> tuple[PretextTask, Tensor, Tensor]:
     task: PretextTask
     if kind == "simclr":
         task = SimCLR(backbone, width, projector_hidden=(5,), projector_dim=4, temperature=0.5)
+    elif kind == "barlow_twins":
+        task = BarlowTwins(backbone, width, projector_hidden=(5,), projector_dim=4, redundancy_weight=0.3)
     else:
-        task = BYOL(backbone, width, projector_hidden=(5,), projector_dim=4, predictor_hidden=(5,))
-        task.double()
+        momentum_task: BYOL | MoCoV3
+        if kind == "byol":
+            momentum_task = BYOL(
+                backbone, width, projector_hidden=(5,), projector_dim=4, predictor_hidden=(5,)
+            )
+        else:
+            momentum_task = MoCoV3(
+                backbone,
+                width,
+                projector_hidden=(5,),
+                projector_dim=4,
+                predictor_hidden=(5,),
+                temperature=0.5,
+            )
+        momentum_task.double()
         with torch.no_grad():
-            for p in task.target.parameters():
+            for p in momentum_task.target.parameters():
                 p.add_(0.1 * torch.randn_like(p))
+        task = momentum_task
     task.double().train()
     view1 = torch.randn(4, 1, 6, 6, dtype=torch.double)
     view2 = torch.randn(4, 1, 6, 6, dtype=torch.double)
@@ -86,7 +105,7 @@ def _dense_ggn(task: PretextTask, view1: Tensor, view2: Tensor) -> Tensor:
     return flat_jacobian.T @ hessian @ flat_jacobian
 
 
-@pytest.mark.parametrize("kind", ["simclr", "byol"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_split_value_is_the_task_loss_and_its_hvp_is_the_outer_hessian(kind: str) -> None:
     task, view1, view2 = _task(kind)
     with frozen_bn_stats(task):
@@ -113,7 +132,7 @@ def test_split_value_is_the_task_loss_and_its_hvp_is_the_outer_hessian(kind: str
     assert torch.allclose(product[finite], expected[finite], atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["simclr", "byol"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", GGN_MODES)
 def test_ggn_product_equals_dense_jt_h_j_and_is_psd(kind: str, mode: str) -> None:
     task, view1, view2 = _task(kind)
@@ -137,7 +156,7 @@ def test_ggn_product_equals_dense_jt_h_j_and_is_psd(kind: str, mode: str) -> Non
     assert float(torch.linalg.eigvalsh(dense).min()) > -1e-10
 
 
-@pytest.mark.parametrize("kind", ["simclr", "byol"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_reuse_equals_recompute_and_release_frees_the_graph(kind: str) -> None:
     task, view1, view2 = _task(kind)
     params = flat_parameters(task.backbone)
@@ -195,3 +214,21 @@ def test_tasks_without_a_split_say_what_to_use() -> None:
         NotImplementedError, match=r"^Plain has no Gauss–Newton split; use bilevel\.curvature=hessian$"
     ):
         Plain().gauss_newton_split(torch.zeros(1, 2), torch.zeros(1, 2))
+
+
+def test_vicreg_has_no_split_and_says_why() -> None:
+    backbone = build_backbone("small_resnet", in_channels=1, width=3, blocks=(1,))
+    task = VICReg(backbone, feature_dim(backbone), projector_hidden=(5,), projector_dim=4)
+    with pytest.raises(NotImplementedError, match=r"quartic.*not convex.*bilevel\.curvature=hessian$"):
+        task.gauss_newton_split(torch.zeros(2, 1, 6, 6), torch.zeros(2, 1, 6, 6))
+
+
+def test_barlow_twins_outer_hessian_is_2_on_the_diagonal_and_2_lambda_off_it() -> None:
+    task, view1, view2 = _task("barlow_twins")
+    with frozen_bn_stats(task):
+        outputs, outer = task.gauss_newton_split(view1, view2)
+    u = torch.ones_like(outputs)
+    product = outer(u)
+    eye = torch.eye(outputs.shape[0], dtype=torch.bool)
+    assert torch.equal(product[eye], torch.full_like(product[eye], 2.0))
+    assert torch.allclose(product[~eye], torch.full_like(product[~eye], 0.6), atol=1e-15)

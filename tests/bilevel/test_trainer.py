@@ -16,7 +16,7 @@ from torch import nn
 
 from bissl.bilevel.trainer import BilevelTrainer, initial_models, parameter_distance
 from bissl.config import BilevelConfig
-from bissl.pretext import BYOL, SimCLR
+from bissl.pretext import BYOL, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg
 
 DTYPE = torch.float64
 
@@ -77,10 +77,19 @@ def _source(
 def _build(method: str = "simclr", seed: int = 0) -> tuple[nn.Module, nn.Module, nn.Module]:
     torch.manual_seed(seed)
     backbone = TinyBackbone()
+    lower: nn.Module
     if method == "simclr":
-        lower: nn.Module = SimCLR(backbone, 4, projector_hidden=(5,), projector_dim=3, temperature=0.5)
-    else:
+        lower = SimCLR(backbone, 4, projector_hidden=(5,), projector_dim=3, temperature=0.5)
+    elif method == "byol":
         lower = BYOL(backbone, 4, projector_hidden=(5,), projector_dim=3, predictor_hidden=(5,), ema=0.9)
+    elif method == "vicreg":
+        lower = VICReg(backbone, 4, projector_hidden=(5,), projector_dim=3)
+    elif method == "barlow_twins":
+        lower = BarlowTwins(backbone, 4, projector_hidden=(5,), projector_dim=3)
+    else:
+        lower = MoCoV3(
+            backbone, 4, projector_hidden=(5,), projector_dim=3, predictor_hidden=(5,), momentum=0.9
+        )
     lower = lower.to(DTYPE)
     head = nn.Linear(4, 3).to(DTYPE)
     upper_backbone = initial_models(lower, None)  # type: ignore[arg-type]
@@ -309,7 +318,7 @@ def test_huge_lambda_keeps_lower_backbone_at_upper() -> None:
     assert pinned_distance < 0.1 * free_distance
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", PRETEXT_TASKS)
 def test_upper_phase_moves_only_the_upper_level(method: str) -> None:
     settings = _settings(alternations=1)
     trainer = _trainer(settings, method)
@@ -321,7 +330,7 @@ def test_upper_phase_moves_only_the_upper_level(method: str) -> None:
     assert any(not torch.equal(after_lower[k], lower_start[k]) for k in lower_start if "backbone" in k)
     assert all(torch.equal(v, trainer.upper_backbone.state_dict()[k]) for k, v in upper_start.items())
     trainer.upper_phase()
-    # the lower model (θ_P, φ_P, BN statistics, BYOL target) is bit-identical after the upper phase
+    # the lower model (θ_P, φ_P, BN statistics, momentum target) is bit-identical after the upper phase
     for key, value in trainer.lower.state_dict().items():
         assert torch.equal(value, after_lower[key]), key
     assert any(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bissl import cli
+from bissl.pretext import PRETEXT_TASKS
 from tests.cli_run import snapshot
 from tests.tiny import TINY
 
@@ -125,3 +126,27 @@ def test_head_checkpoint_ggn_and_out(
     assert saved["lambda_min"] == pytest.approx(float(_value(lines, "lambda_min:")), rel=1e-5)
     assert saved["products"] == 6 + 4 + 1  # Lanczos, the basis, the true residual
     assert sorted(p.name for p in out.iterdir()) == ["curvature.json"]
+
+
+@pytest.mark.parametrize("method", PRETEXT_TASKS)
+def test_every_pretext_method_with_the_hessian(
+    method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pretext = tmp_path / "pretrain"
+    method_override = f"pretext.method={method}"
+    argv = ["--quiet", "pretrain", "--out", str(pretext), *TINY, method_override, "pretrain.steps=1"]
+    assert cli.main([*argv, "pretrain.batch_size=16"]) == 0
+    checkpoint = pretext / "checkpoints" / "pretext.pt"
+    lines = _run([*TINY, *SMALL, method_override, f"pretext_checkpoint={checkpoint}"], capsys)
+    assert [line.split(":")[0] + ":" for line in lines] == [p.split(":")[0] + ":" for p in LINE_PREFIXES]
+    assert "Hessian" in lines[0]
+    lambda_min, lambda_max = float(_value(lines, "lambda_min:")), float(_value(lines, "lambda_max:"))
+    assert math.isfinite(lambda_min) and lambda_min <= lambda_max and lambda_max > 0
+    assert math.isfinite(float(_value(lines, "true residual:")))
+    if method in ("barlow_twins", "mocov3"):
+        ggn = _run(
+            [*TINY, *SMALL, method_override, "bilevel.curvature=ggn", f"pretext_checkpoint={checkpoint}"],
+            capsys,
+        )
+        assert "Gauss–Newton" in ggn[0]
+        assert _value(ggn, "positive definite:") == "yes"

@@ -21,9 +21,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from bissl.models.batchnorm import batch_norm_layers
+from bissl.models.batchnorm import batch_norm_layers, untracked_bn_stats
 
 Vectors = tuple[Tensor, ...]
 LossFn = Callable[[], Tensor]
@@ -55,28 +54,6 @@ def frozen_bn_stats(*modules: nn.Module) -> Iterator[None]:
                     current = getattr(layer, name)
                     if not torch.equal(current, value):
                         current.copy_(value)
-
-
-@contextmanager
-def untracked_bn_stats(*modules: nn.Module) -> Iterator[None]:
-    """Run train-mode BatchNorm layers of ``modules`` on batch statistics without reading or writing
-    their running statistics; the buffers (same tensor objects) are put back on exit.
-
-    The outputs equal those of a normal train-mode forward; nothing is written, so graphs built
-    inside stay valid and ``torch.func`` transforms see no in-place buffer updates.
-    """
-    detached: list[tuple[_BatchNorm, dict[str, Tensor | None]]] = []
-    for layer in batch_norm_layers(*modules):
-        if layer.training and layer.track_running_stats:
-            detached.append((layer, {name: getattr(layer, name) for name in _BN_BUFFERS}))
-            for name in _BN_BUFFERS:
-                setattr(layer, name, None)
-    try:
-        yield
-    finally:
-        for layer, buffers in detached:
-            for name, value in buffers.items():
-                setattr(layer, name, value)
 
 
 def _zeros_for_unused(grads: Sequence[Tensor | None], params: Vectors) -> Vectors:

@@ -1,4 +1,4 @@
-"""BatchNorm running statistics recomputed at a model's current weights.
+"""BatchNorm running statistics recomputed at a model's current weights, and forwards that leave them alone.
 
 Running averages are updated by train-mode forward passes *before* each optimiser step, with a momentum
 that remembers about ten steps. When the weights move quickly (the BiSSL upper level takes few, large,
@@ -9,7 +9,8 @@ replaces them by the exact average over a pass of data at the weights as they ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,31 @@ def batch_norm_layers(*modules: nn.Module) -> list[_BatchNorm]:
             if isinstance(layer, _BatchNorm) and layer.track_running_stats:
                 found.setdefault(id(layer), layer)
     return list(found.values())
+
+
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@contextmanager
+def untracked_bn_stats(*modules: nn.Module) -> Iterator[None]:
+    """Run train-mode BatchNorm layers of ``modules`` on batch statistics without reading or writing
+    their running statistics; the buffers (same tensor objects) are put back on exit.
+
+    The outputs equal those of a normal train-mode forward; nothing is written, so graphs built
+    inside stay valid and ``torch.func`` transforms see no in-place buffer updates.
+    """
+    detached: list[tuple[_BatchNorm, dict[str, Tensor | None]]] = []
+    for layer in batch_norm_layers(*modules):
+        if layer.training:
+            detached.append((layer, {name: getattr(layer, name) for name in _BN_BUFFERS}))
+            for name in _BN_BUFFERS:
+                setattr(layer, name, None)
+    try:
+        yield
+    finally:
+        for layer, buffers in detached:
+            for name, value in buffers.items():
+                setattr(layer, name, value)
 
 
 @torch.no_grad()
@@ -59,4 +85,4 @@ def recompute_batchnorm_statistics(module: nn.Module, batches: Iterable[Tensor])
     return images
 
 
-__all__ = ["batch_norm_layers", "recompute_batchnorm_statistics"]
+__all__ = ["batch_norm_layers", "recompute_batchnorm_statistics", "untracked_bn_stats"]

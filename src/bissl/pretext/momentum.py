@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from bissl.models.batchnorm import batch_norm_layers
+from bissl.models.batchnorm import untracked_bn_stats
 from bissl.pretext.base import PretextTask
-
-_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class _Online(nn.Module):
@@ -61,24 +57,6 @@ def momentum_at(base: float, schedule: str, progress: float) -> float:
     return base
 
 
-@contextmanager
-def _batch_statistics_only(module: nn.Module) -> Iterator[None]:
-    """Train-mode BatchNorm layers of ``module`` run on batch statistics without reading or writing their
-    running statistics (the same tensor objects are put back on exit)."""
-    detached = []
-    for layer in batch_norm_layers(module):
-        if layer.training:
-            detached.append((layer, {name: getattr(layer, name) for name in _BN_BUFFERS}))
-            for name in _BN_BUFFERS:
-                setattr(layer, name, None)
-    try:
-        yield
-    finally:
-        for layer, buffers in detached:
-            for name, value in buffers.items():
-                setattr(layer, name, value)
-
-
 class MomentumTask(PretextTask):
     """A pretext task with a momentum target of ``backbone`` + ``head["projector"]`` (BYOL, MoCo v3).
 
@@ -108,7 +86,7 @@ class MomentumTask(PretextTask):
     @torch.no_grad()
     def target_outputs(self, images: torch.Tensor) -> torch.Tensor:
         """The target's projections of ``images``: a constant (no gradient), running statistics untouched."""
-        with _batch_statistics_only(self.target):
+        with untracked_bn_stats(self.target):
             output: torch.Tensor = self.target(images)
         return output
 
