@@ -2,8 +2,7 @@
 
 Each file is built here with its library's key layout (no download): solo-learn's heads as ``solo/methods/*.py``
 builds them (hand-built ``nn.Sequential``), saved as a Lightning checkpoint with ``state_dict`` and
-``hyper_parameters``; lightly's heads from its own head classes (a stand-in with the same layout when lightly is
-not installed), under the attribute names of its examples. Backbone, projector, predictor and momentum networks
+``hyper_parameters``; lightly's heads from its own head classes, under the attribute names of its examples. Backbone, projector, predictor and momentum networks
 all hold different random values, so that the import is checked tensor for tensor against its source: every
 tensor of the imported task equals one of the file bit for bit. Then the method checks (the method a file
 states or its keys tell, refused when it is not ``pretext.method``), the one-line messages of heads that do not
@@ -21,6 +20,15 @@ from typing import Any
 import pytest
 import torch
 import torchvision
+from lightly.models.modules.heads import (
+    BarlowTwinsProjectionHead,
+    BYOLPredictionHead,
+    BYOLProjectionHead,
+    MoCoProjectionHead,
+    ProjectionHead,
+    SimCLRProjectionHead,
+    VICRegProjectionHead,
+)
 from torch import Tensor, nn
 
 from bissl import cli
@@ -31,11 +39,6 @@ from bissl.errors import CheckpointError
 from bissl.runtime import GracefulStop, RunDir
 from bissl.train.bilevel_stage import train_bilevel
 from bissl.train.import_checkpoint import METHODS, import_pretext
-
-try:
-    from lightly.models.modules import heads as lightly_heads
-except ImportError:  # the stand-in below has lightly's layout (checked against lightly where installed)
-    lightly_heads = None
 
 RESNET18 = ["model.backbone=resnet18", "model.stem=imagenet", "device=cpu"]
 WIDTHS = ["pretext.projector_hidden=[16]", "pretext.projector_dim=8", "pretext.predictor_hidden=[16]"]
@@ -148,71 +151,29 @@ def _save_solo_learn(model: nn.Module, method: str, path: Path, hyper: dict[str,
 # lightly: its head classes (ProjectionHead layout: Linear, then BatchNorm and ReLU as the block says)
 
 
-class _ProjectionHead(nn.Module):
-    """lightly's ``ProjectionHead`` layout: ``layers`` = Linear (with a bias unless a BatchNorm follows, or as
-    the block's fifth entry says), then the block's BatchNorm and non-linearity."""
-
-    def __init__(self, blocks: list[tuple[Any, ...]]) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for a, b, norm, activation, *bias in blocks:
-            layers.append(nn.Linear(a, b, bias=bias[0] if bias else norm is None))
-            layers += [m for m in (norm, activation) if m is not None]
-        self.layers = nn.Sequential(*layers)
-
-
-def _lightly_class(name: str, *args: Any, stand_in: bool = False, **kwargs: Any) -> nn.Module:
-    """lightly's head class ``name``, or the stand-in with its layout (``stand_in``, or without lightly)."""
-    if lightly_heads is not None and not stand_in:
-        head: nn.Module = getattr(lightly_heads, name)(*args, **kwargs)
-        return head
-    a, hidden, out = args
-
-    def bn_relu(width: int) -> tuple[nn.Module, nn.Module]:
-        return nn.BatchNorm1d(width), nn.ReLU()
-
-    if name == "SimCLRProjectionHead" and not kwargs.get("batch_norm", True):
-        return _ProjectionHead([(a, hidden, None, nn.ReLU()), (hidden, out, None, None)])
-    if name in ("SimCLRProjectionHead", "MoCoProjectionHead"):  # batch_norm=True: the output BN too
-        return _ProjectionHead([(a, hidden, *bn_relu(hidden)), (hidden, out, nn.BatchNorm1d(out), None)])
-    if name in ("VICRegProjectionHead", "BarlowTwinsProjectionHead"):
-        return _ProjectionHead(
-            [(a, hidden, *bn_relu(hidden)), (hidden, hidden, *bn_relu(hidden)), (hidden, out, None, None)]
-        )
-    return _ProjectionHead([(a, hidden, *bn_relu(hidden)), (hidden, out, None, None)])  # BYOL heads
-
-
-def _projection_head(blocks: list[tuple[Any, ...]]) -> nn.Module:
-    """lightly's generic ``ProjectionHead(blocks)`` (or the stand-in)."""
-    if lightly_heads is not None:
-        head: nn.Module = lightly_heads.ProjectionHead(blocks)
-        return head
-    return _ProjectionHead(blocks)
-
-
 def _lightly_heads(method: str) -> dict[str, nn.Module]:
     if method == "simclr":
-        return {"projection_head": _lightly_class("SimCLRProjectionHead", 512, 16, 8, batch_norm=False)}
+        return {"projection_head": SimCLRProjectionHead(512, 16, 8, batch_norm=False)}
     if method == "vicreg":
-        return {"projection_head": _lightly_class("VICRegProjectionHead", 512, 16, 8, num_layers=3)}
+        return {"projection_head": VICRegProjectionHead(512, 16, 8, num_layers=3)}
     if method == "barlow_twins":
-        return {"projection_head": _lightly_class("BarlowTwinsProjectionHead", 512, 16, 8)}
+        return {"projection_head": BarlowTwinsProjectionHead(512, 16, 8)}
     if method == "byol":
         return {
-            "projection_head": _lightly_class("BYOLProjectionHead", 512, 16, 8),
-            "prediction_head": _lightly_class("BYOLPredictionHead", 8, 16, 8),
-            "projection_head_momentum": _lightly_class("BYOLProjectionHead", 512, 16, 8),
+            "projection_head": BYOLProjectionHead(512, 16, 8),
+            "prediction_head": BYOLPredictionHead(8, 16, 8),
+            "projection_head_momentum": BYOLProjectionHead(512, 16, 8),
         }
 
     # lightly has no MoCo v3 head class: its ProjectionHead with the paper's blocks (output BN without affine)
     def projector() -> nn.Module:
-        return _projection_head(
+        return ProjectionHead(
             [(512, 16, nn.BatchNorm1d(16), nn.ReLU()), (16, 8, nn.BatchNorm1d(8, affine=False), None)]
         )
 
     return {
         "projection_head": projector(),
-        "prediction_head": _projection_head(
+        "prediction_head": ProjectionHead(
             [(8, 16, nn.BatchNorm1d(16), nn.ReLU()), (16, 8, None, None, False)]
         ),
         "projection_head_momentum": projector(),
@@ -324,25 +285,6 @@ def test_every_method_imports_backbone_head_and_target_bit_for_bit(
         assert info["method_evidence"].startswith("assumed from pretext.method")
         assert any("does not tell which of SimCLR, VICReg or Barlow Twins" in n for n in info["notes"])
     _loss_runs(task)
-
-
-def test_lightly_heads_stand_in_has_lightlys_layout() -> None:
-    """The stand-in used without lightly builds the keys and shapes of lightly's own head classes."""
-    if lightly_heads is None:
-        pytest.skip("lightly is not installed")
-    cases = [
-        ("SimCLRProjectionHead", (512, 16, 8), {"batch_norm": False}),
-        ("SimCLRProjectionHead", (512, 16, 8), {}),
-        ("MoCoProjectionHead", (512, 16, 8), {"batch_norm": True}),
-        ("VICRegProjectionHead", (512, 16, 8), {"num_layers": 3}),
-        ("BarlowTwinsProjectionHead", (512, 16, 8), {}),
-        ("BYOLProjectionHead", (512, 16, 8), {}),
-        ("BYOLPredictionHead", (8, 16, 8), {}),
-    ]
-    for name, args, kwargs in cases:
-        theirs = _lightly_class(name, *args, **kwargs).state_dict()
-        ours = _lightly_class(name, *args, stand_in=True, **kwargs).state_dict()
-        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}, name
 
 
 def test_lightly_benchmark_names_of_the_momentum_networks(tmp_path: Path) -> None:
@@ -486,9 +428,9 @@ def test_unsupported_method_or_head_takes_the_backbone_alone_on_request(tmp_path
     assert torch.equal(target.backbone.conv1.weight, task.backbone.conv1.weight)  # copied from the online one
     moco_v2 = nn.Module()  # lightly's MoCo example: momentum copies, no predictor
     moco_v2.backbone = _resnet(1, sequential=True)
-    moco_v2.projection_head = _lightly_class("BYOLProjectionHead", 512, 16, 8)
+    moco_v2.projection_head = BYOLProjectionHead(512, 16, 8)
     moco_v2.backbone_momentum = _resnet(2, sequential=True)
-    moco_v2.projection_head_momentum = _lightly_class("BYOLProjectionHead", 512, 16, 8)
+    moco_v2.projection_head_momentum = BYOLProjectionHead(512, 16, 8)
     path = _save_lightly(moco_v2, tmp_path / "moco.ckpt")
     with pytest.raises(
         CheckpointError, match=r"momentum networks without a predictor .* none of bissl's methods"
@@ -553,7 +495,7 @@ def test_lightly_output_batchnorm_is_named(tmp_path: Path) -> None:
     """lightly's SimCLRProjectionHead with batch_norm=True ends in an affine BatchNorm that no bissl SimCLR head
     has; MoCoProjectionHead(batch_norm=True) loads into MoCo v3's affine-free one only while its affine
     parameters are still the identity."""
-    head = _lightly_class("SimCLRProjectionHead", 512, 16, 8)
+    head = SimCLRProjectionHead(512, 16, 8)
     path = _save_lightly(_lightly_model("simclr", {"projection_head": head}), tmp_path / "simclr.ckpt")
     message = _refusal(path, "lightly")
     assert "(512-16-8 with BatchNorm, ending in BatchNorm)" in message
@@ -562,8 +504,8 @@ def test_lightly_output_batchnorm_is_named(tmp_path: Path) -> None:
         in message
     )
     heads = _lightly_heads("mocov3")
-    heads["projection_head"] = _lightly_class("MoCoProjectionHead", 512, 16, 8, batch_norm=True)
-    heads["projection_head_momentum"] = _lightly_class("MoCoProjectionHead", 512, 16, 8, batch_norm=True)
+    heads["projection_head"] = MoCoProjectionHead(512, 16, 8, batch_norm=True)
+    heads["projection_head_momentum"] = MoCoProjectionHead(512, 16, 8, batch_norm=True)
     model = _lightly_model("mocov3", heads)
     path = _save_lightly(model, tmp_path / "moco.ckpt")
     message = _refusal(path, "lightly", "pretext.method=mocov3", "pretext.head_output_bias=false")
