@@ -2,9 +2,10 @@
 
 Each file is built here with its library's key layout (no download): solo-learn's heads as ``solo/methods/*.py``
 builds them (hand-built ``nn.Sequential``), saved as a Lightning checkpoint with ``state_dict`` and
-``hyper_parameters``; lightly's heads from its own head classes, under the attribute names of its examples. Backbone, projector, predictor and momentum networks
-all hold different random values, so that the import is checked tensor for tensor against its source: every
-tensor of the imported task equals one of the file bit for bit. Then the method checks (the method a file
+``hyper_parameters``; lightly's heads from its own head classes, under the attribute names of its examples.
+Backbone, projector, predictor and momentum networks all hold different random values, so that the import is
+checked tensor for tensor against its source: every tensor of the imported task equals one of the file bit for
+bit. Then the method checks (the method a file
 states or its keys tell, refused when it is not ``pretext.method``), the one-line messages of heads that do not
 fit ``pretext.*``, and the BiSSL stage from an imported MoCo v3 checkpoint: no projector warm-up, and the
 imported target network is the one the first alternation starts from.
