@@ -326,14 +326,17 @@ def _bissl_reference(state: dict[str, Tensor], head: dict[str, Tensor] | None) -
     """The authors' pretext files: a timm ResNet backbone state dict (classifier already removed) and a head
     file with ``projector.*`` (+ ``predictor.*`` for BYOL; bare ``0.*`` indices in the first version). A whole
     model state dict (``backbone.*``, ``head.projector.*``) works too; its BYOL target copies are dropped."""
+    outer = ""  # where the head's keys sit in the file: a whole model's head.*, or the head file itself
     if any(k.startswith("backbone.") for k in state):
         backbone = _under(state, "backbone.")
         in_file = _under(state, "head.") or {k: v for k, v in state.items() if k.startswith("projector.")}
+        outer = "head." if head is None and any(k.startswith("head.") for k in state) else ""
         head = head or in_file or None
     else:
         backbone = dict(state)
     parts = SourceParts(
-        backbone=_without_fc(backbone), prefixes={"projector": "projector.", "predictor": "predictor."}
+        backbone=_without_fc(backbone),
+        prefixes={"projector": f"{outer}projector.", "predictor": f"{outer}predictor."},
     )
     _drop(state, parts, "fc.", "classifier")
     for prefix in ("backbone_target.", "projector_target."):
@@ -479,6 +482,8 @@ def _shape(layers: list[_Layer]) -> str:
 def _width_fix(role: str, theirs: list[_Layer], mine: list[_Layer]) -> str:
     """The ``pretext.*`` widths that build ``theirs`` where they differ from ``mine``."""
     their_widths, my_widths = _linear_widths(theirs), _linear_widths(mine)
+    if not their_widths or not my_widths:
+        return ""
     settings = []
     hidden_key = "predictor_hidden" if role == "predictor" else "projector_hidden"
     if their_widths[1:-1] != my_widths[1:-1]:
