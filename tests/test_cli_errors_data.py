@@ -87,13 +87,13 @@ def backbone_folder(tmp: Path) -> list[str]:
     return finetune_on("synthetic", tmp / "o", f"backbone={checkpoint_folder(tmp)}")
 
 
-def import_of(path: Path, out: Path) -> list[str]:
+def import_of(path: Path, out: Path, layout: str = "torchvision") -> list[str]:
     return [
         "import",
         "--out",
         str(out),
         "--layout",
-        "torchvision",
+        layout,
         "--checkpoint",
         str(path),
         "model.backbone=resnet18",
@@ -108,6 +108,14 @@ def import_pickled(tmp: Path) -> list[str]:
     path = tmp / "pickled.ckpt"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, path)
     return import_of(path, tmp / "o")
+
+
+def import_other_method(tmp: Path) -> list[str]:
+    """A solo-learn VICReg checkpoint into pretext.method=simclr (refused before any weight is loaded)."""
+    path = tmp / "vicreg.ckpt"
+    state = {"backbone.conv1.weight": torch.zeros(1), "projector.0.weight": torch.zeros(2, 2)}
+    torch.save({"state_dict": state, "hyper_parameters": {"cfg": {"method": "vicreg"}}}, path)
+    return import_of(path, tmp / "o", layout="solo-learn")
 
 
 Case = tuple[str, Callable[[Path], list[str]], tuple[str, ...]]
@@ -136,6 +144,14 @@ CASES: list[Case] = [
     ),
     ("import of a folder", import_folder, ("is a folder, not a checkpoint file",)),
     ("import of a pickled checkpoint", import_pickled, ("imported.trust_pickle=true", "argparse.Namespace")),
+    (
+        "import of another method's checkpoint",
+        import_other_method,
+        (
+            "holds a VICReg model (solo-learn method 'vicreg') but pretext.method is 'simclr'",
+            "pretext.method=vicreg",
+        ),
+    ),
 ]
 # Files a case may leave besides config.yaml: fine-tuning draws the split of a valid set before reading the
 # backbone.

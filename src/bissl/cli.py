@@ -34,7 +34,8 @@ class Stage:
     ``sections`` are the config sections it reads (named in its --help; empty: every section); ``options`` adds
     its own flags and ``flag_keys`` maps those flags to the config keys they set (their values are taken
     literally, never parsed as YAML; a key=value override of the same key wins). ``check`` names a
-    ``module.check(config, out)`` run before anything is written into --out."""
+    ``module.check(config, out)`` run before anything is written into --out; ``description`` is the longer
+    text of its own --help (else ``help``)."""
 
     module: str
     function: str
@@ -44,6 +45,7 @@ class Stage:
     options: Callable[[argparse.ArgumentParser], None] | None = None
     flag_keys: dict[str, str] = field(default_factory=dict)
     check: str | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ def _add_import_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", help="the checkpoint file (imported.checkpoint)")
     parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
+    parser.add_argument(
+        "--method",
+        metavar="{simclr,byol,vicreg,barlow_twins,mocov3}",
+        help="the method that trained the checkpoint, where the file does not say (imported.method; it must "
+        "be pretext.method)",
+    )
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
@@ -141,8 +149,17 @@ STAGES: dict[str, Stage] = {
         "import_checkpoint",
         "turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, the authors') into a pretext checkpoint",
         ("imported", "model", "pretext"),
+        description="turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, the authors') into a "
+        "pretext checkpoint: the backbone, with the projector, the predictor and the momentum encoder (BYOL, "
+        "MoCo v3: the target network) where the file holds them; classifiers are dropped, and a checkpoint of "
+        "another method than pretext.method is refused (docs/import.md)",
         options=_add_import_options,
-        flag_keys={"layout": "imported.layout", "checkpoint": "imported.checkpoint", "head": "imported.head"},
+        flag_keys={
+            "layout": "imported.layout",
+            "checkpoint": "imported.checkpoint",
+            "head": "imported.head",
+            "method": "imported.method",
+        },
     ),
 }
 
@@ -336,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
     for name, stage in STAGES.items():
         command = sub.add_parser(
-            name, help=stage.help, description=stage.help, epilog=_sections_epilog(stage.sections)
+            name,
+            help=stage.help,
+            description=stage.description or stage.help,
+            epilog=_sections_epilog(stage.sections),
         )
         _add_run_options(command, stage.needs_out)
         if stage.options is not None:

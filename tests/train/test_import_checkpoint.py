@@ -133,8 +133,10 @@ def test_timm_training_checkpoint_with_ddp_prefix_is_unwrapped(tmp_path: Path) -
 
 
 def _solo_learn_checkpoint(byol: bool) -> tuple[dict[str, Any], nn.Module, nn.Module, nn.Module]:
-    """A Lightning checkpoint as solo-learn writes it: backbone (torchvision ResNet, fc removed), projector
-    Linear(bias)-BN-ReLU-Linear(bias), online classifier, and for BYOL predictor + momentum networks."""
+    """A Lightning checkpoint with solo-learn's keys: backbone (torchvision ResNet, fc removed), projector
+    Linear(bias)-BN-ReLU-Linear(bias) (solo-learn's BYOL projector; every method's own layout is in
+    test_import_methods.py), online classifier, and for BYOL predictor + momentum networks. The hyper-parameters
+    name no method: the keys tell it."""
     backbone = _torchvision_resnet18()
     backbone.fc = nn.Identity()
     projector = _mlp([512, 16, 8], hidden_bias=True, out_bias=True)
@@ -164,9 +166,7 @@ def test_solo_learn_simclr_imports_backbone_and_projector(tmp_path: Path) -> Non
     assert any("online linear classifier" in note for note in info["notes"])
 
 
-def test_solo_learn_byol_imports_projector_and_predictor_and_drops_the_momentum_network(
-    tmp_path: Path,
-) -> None:
+def test_solo_learn_byol_imports_projector_predictor_and_momentum_networks(tmp_path: Path) -> None:
     checkpoint, _, projector, predictor = _solo_learn_checkpoint(byol=True)
     torch.save(checkpoint, tmp_path / "byol.ckpt")
     task, info = import_pretext(
@@ -180,16 +180,21 @@ def test_solo_learn_byol_imports_projector_and_predictor_and_drops_the_momentum_
     )
     _same_function(head["projector"], projector, torch.randn(6, 512))
     _same_function(head["predictor"], predictor, torch.randn(6, 8))
-    assert info["projector"] == "imported"
-    assert sum("momentum network" in note for note in info["notes"]) == 2
+    assert info["projector"] == "imported" and info["target"] == "imported"
+    assert info["method"] == "byol" and info["method_evidence"].startswith("solo-learn keys: a predictor")
+    assert any("imported the momentum networks" in note for note in info["notes"])
 
 
-def test_solo_learn_byol_into_simclr_drops_the_predictor(tmp_path: Path) -> None:
+def test_solo_learn_byol_into_simclr_is_refused_or_gives_its_backbone_alone(tmp_path: Path) -> None:
     checkpoint, *_ = _solo_learn_checkpoint(byol=True)
     torch.save(checkpoint, tmp_path / "byol.ckpt")
-    _, info = import_pretext(_config(tmp_path, "solo-learn", tmp_path / "byol.ckpt"))
-    assert info["projector"] == "imported"
-    assert any("dropped the BYOL predictor" in note for note in info["notes"])
+    with pytest.raises(CheckpointError, match=r"holds a BYOL model .* but pretext.method is 'simclr'"):
+        import_pretext(_config(tmp_path, "solo-learn", tmp_path / "byol.ckpt"))
+    _, info = import_pretext(
+        _config(tmp_path, "solo-learn", tmp_path / "byol.ckpt", "imported.projector=false")
+    )
+    assert info["projector"] == "absent" and info["target"] is None
+    assert any("dropped the predictor (predictor.*)" in note for note in info["notes"])
 
 
 @pytest.mark.parametrize("sequential", [True, False])
@@ -207,8 +212,8 @@ def test_lightly_backbone_as_sequential_children_or_by_name(tmp_path: Path, sequ
     state = {
         **_prefixed("backbone.", body.state_dict()),
         **_prefixed("projection_head.layers.", projection.state_dict()),
-        **_prefixed("backbone_momentum.", body.state_dict()),
         "online_classifier.classification_head.weight": torch.zeros(10, 512),
+        "criterion.memory_bank.bank": torch.zeros(8, 4),
     }
     torch.save({"state_dict": state, "epoch": 1}, tmp_path / "lightly.ckpt")
     task, info = import_pretext(_config(tmp_path, "lightly", tmp_path / "lightly.ckpt"))
@@ -216,7 +221,8 @@ def test_lightly_backbone_as_sequential_children_or_by_name(tmp_path: Path, sequ
     torch.testing.assert_close(_backbone_output(task.backbone), _backbone_output(body.eval()))
     _same_function(task.head, projection, torch.randn(6, 512))
     assert info["projector"] == "imported"
-    assert sum("momentum network or online classifier" in note for note in info["notes"]) == 2
+    assert "dropped online classifier (online_classifier.*, 1 tensors)" in info["notes"]
+    assert "dropped entries this layout does not use (criterion)" in info["notes"]
 
 
 def _reference_files(tmp_path: Path, byol: bool) -> tuple[Path, Path, nn.Module, nn.Module]:

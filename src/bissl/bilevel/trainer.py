@@ -338,11 +338,16 @@ class BilevelTrainer:
         self.guard.load_state_dict(state["guard"])
 
 
-def initial_models(lower: PretextTask, warm_backbone: nn.Module | None) -> nn.Module:
-    """θ_P = θ_D = θ: the upper backbone starts as a copy of the lower one (after warm-up, if given)."""
+def initial_models(
+    lower: PretextTask, warm_backbone: nn.Module | None, *, reset_target: bool = True
+) -> nn.Module:
+    """θ_P = θ_D = θ: the upper backbone starts as a copy of the lower one (after warm-up, if given). The
+    target network (BYOL, MoCo v3) is re-copied from the online one unless ``reset_target`` is false (a target
+    imported with its head)."""
     if warm_backbone is not None:
         lower.backbone.load_state_dict(warm_backbone.state_dict())
-    lower.reset_target()
+    if reset_target:
+        lower.reset_target()
     return copy.deepcopy(lower.backbone)
 
 

@@ -111,6 +111,8 @@ class PretextConfig:
     """Projector and predictor (every method): hidden Linear layers carry a bias (cancelled by their BatchNorm in training mode; the authors' code has one)."""
     head_output_bias: bool = True
     """Projector and predictor (every method): the output Linear layer carries a bias (the authors' has none; MoCo v3's projector never has one, its output BatchNorm would cancel it)."""
+    head_hidden_bn: bool = True
+    """Projector and predictor (every method): a BatchNorm after each hidden Linear layer (false: Linear-ReLU, as solo-learn's and lightly's SimCLR projectors without batch norm; set head_hidden_bias=true with it)."""
     projector_warmup_steps: int = field(default=0, metadata=at_least(0, "0: off"))
     """bilevel: LARS steps that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
     projector_warmup_lr: float = field(default=1.0, metadata=POSITIVE)
@@ -378,8 +380,10 @@ class ImportConfig:
     """The checkpoint file (backbone weights, with the projector when the release holds one)."""
     head: str | None = None
     """bissl-reference only: the separate head file (projector, BYOL predictor) released beside the backbone."""
+    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3"] | None = None
+    """The method that trained the checkpoint, when the file does not say (lightly keys cannot tell SimCLR, VICReg and Barlow Twins apart); null: read from solo-learn's hyper-parameters or told from the keys. Must match pretext.method for the head to be imported."""
     projector: bool = True
-    """Import the release's projector (and BYOL predictor) when it holds one that fits pretext.*; false leaves the head untrained."""
+    """Import the release's projector (with the predictor and momentum networks of BYOL and MoCo v3) when it holds one that fits pretext.*; false takes the backbone alone and leaves the head untrained."""
     trust_pickle: bool = False
     """Load a checkpoint that pickles Python objects besides tensors (Lightning hyper-parameters); only for files you trust."""
 

@@ -13,21 +13,22 @@ def mlp(
     last_bn: bool = False,
     hidden_bias: bool = False,
     output_bias: bool = True,
+    hidden_bn: bool = True,
 ) -> nn.Sequential:
     """Linear-BN-ReLU for every hidden layer, then a linear output (optionally BN without affine).
 
     With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of docs/method.md: Published settings. A hidden
     Linear bias (``hidden_bias``) is cancelled by the BatchNorm behind it in training mode; the authors' code
-    has one, and no output bias (``output_bias=False``).
+    has one, and no output bias (``output_bias=False``). ``hidden_bn=False`` leaves the hidden BatchNorm out
+    (Linear-ReLU, as solo-learn's SimCLR projector).
     """
     layers: list[nn.Module] = []
     previous = in_dim
     for hidden in hidden_dims:
-        layers += [
-            nn.Linear(previous, hidden, bias=hidden_bias),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-        ]
+        layers.append(nn.Linear(previous, hidden, bias=hidden_bias))
+        if hidden_bn:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append(nn.ReLU(inplace=True))
         previous = hidden
     layers.append(nn.Linear(previous, out_dim, bias=output_bias and not last_bn))
     if last_bn:

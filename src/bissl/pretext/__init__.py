@@ -19,6 +19,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
     """The configured pretext task around ``backbone``."""
     hidden, dim = config.projector_hidden, config.projector_dim
     hidden_bias, output_bias = config.head_hidden_bias, config.head_output_bias
+    hidden_bn = config.head_hidden_bn
     if config.method == "simclr":
         return SimCLR(
             backbone,
@@ -28,6 +29,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             temperature=config.temperature,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
     if config.method == "byol":
         return BYOL(
@@ -40,6 +42,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             ema_schedule=config.ema_schedule,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
     if config.method == "vicreg":
         return VICReg(
@@ -52,6 +55,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             covariance=config.vicreg_covariance,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
     if config.method == "barlow_twins":
         return BarlowTwins(
@@ -62,6 +66,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             redundancy_weight=config.barlow_lambda,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
     if config.method == "mocov3":
         return MoCoV3(
@@ -75,6 +80,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             momentum_schedule=config.moco_momentum_schedule,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
     raise ValueError(f"unknown pretext method {config.method!r}; one of {', '.join(PRETEXT_TASKS)}")
 

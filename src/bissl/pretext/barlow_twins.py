@@ -60,6 +60,7 @@ class BarlowTwins(PretextTask):
         redundancy_weight: float = 0.0051,
         hidden_bias: bool = False,
         output_bias: bool = True,
+        hidden_bn: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -69,6 +70,7 @@ class BarlowTwins(PretextTask):
             projector_dim,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
         self.redundancy_weight = redundancy_weight
 

@@ -32,10 +32,11 @@ class BYOL(MomentumTask):
         ema_schedule: str = "constant",
         hidden_bias: bool = False,
         output_bias: bool = True,
+        hidden_bn: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias}
+        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias, "hidden_bn": hidden_bn}
         projector = mlp(feature_dim, tuple(projector_hidden), projector_dim, **biases)
         predictor = mlp(projector_dim, tuple(predictor_hidden), projector_dim, **biases)
         self.head = nn.ModuleDict({"projector": projector, "predictor": predictor})

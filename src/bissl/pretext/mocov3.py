@@ -60,10 +60,11 @@ class MoCoV3(MomentumTask):
         momentum_schedule: str = "cosine",
         hidden_bias: bool = False,
         output_bias: bool = True,
+        hidden_bn: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias}
+        biases = {"hidden_bias": hidden_bias, "output_bias": output_bias, "hidden_bn": hidden_bn}
         projector = mlp(feature_dim, tuple(projector_hidden), projector_dim, last_bn=True, **biases)
         predictor = mlp(projector_dim, tuple(predictor_hidden), projector_dim, **biases)
         self.head = nn.ModuleDict({"projector": projector, "predictor": predictor})

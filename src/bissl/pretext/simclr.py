@@ -75,6 +75,7 @@ class SimCLR(PretextTask):
         temperature: float = 0.5,
         hidden_bias: bool = False,
         output_bias: bool = True,
+        hidden_bn: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -84,6 +85,7 @@ class SimCLR(PretextTask):
             projector_dim,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
         self.temperature = temperature
 

@@ -69,6 +69,7 @@ class VICReg(PretextTask):
         covariance: float = 1.0,
         hidden_bias: bool = False,
         output_bias: bool = True,
+        hidden_bn: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -78,6 +79,7 @@ class VICReg(PretextTask):
             projector_dim,
             hidden_bias=hidden_bias,
             output_bias=output_bias,
+            hidden_bn=hidden_bn,
         )
         self.invariance = invariance
         self.variance = variance

@@ -32,6 +32,7 @@ WEIGHT_SHAPING_KEYS = (
     "pretext.predictor_hidden",
     "pretext.head_hidden_bias",
     "pretext.head_output_bias",
+    "pretext.head_hidden_bn",
     "data.pretext",
     "data.downstream",
     "data.channels",

@@ -54,6 +54,9 @@ def train_bilevel(
         )
     pretext_state = load_checkpoint(config.pretext_checkpoint, expect_stage="pretrain")
     require_trained_projector(pretext_state["meta"], config, config.pretext_checkpoint)
+    # A target network imported with the head (bissl import: BYOL's, MoCo v3's momentum encoder) is kept;
+    # any other is re-copied from the online network once θ_P holds the warmed-up backbone.
+    keep_target = pretext_state["meta"].get("target") == "imported"
     del pretext_state
     if config.head_checkpoint is not None:
         load_checkpoint(config.head_checkpoint, expect_stage="warmup")
@@ -71,7 +74,7 @@ def train_bilevel(
     seed_everything(config.seed)
 
     lower = load_pretext(config.pretext_checkpoint, config, channels)
-    upper_backbone = initial_models(lower, warm_backbone)
+    upper_backbone = initial_models(lower, warm_backbone, reset_target=not keep_target)
     upper_head = linear_head(feature_dim(upper_backbone), task.num_classes)
     upper_head.load_state_dict(head_state["head"])
     if config.model.sync_bn and distributed.is_distributed():
@@ -166,7 +169,8 @@ def train_bilevel(
     )
     if not loop.resumed:
         warm_projector(lower, config, pretext_data, two_view, run, stop=stop, device=device, resume=resume)
-        lower.reset_target()
+        if not keep_target:
+            lower.reset_target()
 
     refreshed_at: list[int] = []  # the alternation whose weights the statistics were last recomputed at
 

@@ -1,18 +1,26 @@
 """``bissl import``: public SSL checkpoints (torchvision, timm, solo-learn, lightly, the BiSSL authors' files)
 turned into a pretext checkpoint that every stage accepts.
 
-Each layout names where the backbone, the projector and the BYOL predictor live in the file. Keys are mapped
-by those rules only, then checked against the configured backbone: missing keys, unexpected keys and shape
-mismatches end the import with one line that names them. Classifier heads and momentum (target) networks are
-dropped on purpose and listed in the summary. A release without a projector that fits ``pretext.*`` is
-recorded as ``projector: absent``; the BiSSL stage then trains the pretext head first
-(``pretext.projector_warmup_steps``).
+Each layout names where the backbone, the projector, the predictor and the momentum (target) networks live in
+the file. Keys are mapped by those rules only, then checked against the configured model: missing keys,
+unexpected keys and shape mismatches end the import with one line that names them, and a head whose structure
+differs from ``pretext.*`` names its first differing key and the setting to change. solo-learn and lightly
+checkpoints of SimCLR, BYOL, VICReg, Barlow Twins and MoCo v3 keep their projector, the predictor of BYOL and
+MoCo v3, and the momentum backbone and projector of BYOL and MoCo v3 as the task's target network; the BiSSL
+stage then continues from that head and target (no projector warm-up, no re-copy of the target). The method a
+checkpoint was trained with is read from solo-learn's hyper-parameters (or its ``args.json``) or told from the
+keys, and a checkpoint of another method than ``pretext.method`` is refused. Classifier heads are dropped on
+purpose and listed in the summary. A release without a projector that fits ``pretext.*`` is recorded as
+``projector: absent``; the BiSSL stage then trains the pretext head first (``pretext.projector_warmup_steps``)
+and copies the target from the online network.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,27 +31,51 @@ from torch import Tensor, nn
 from bissl.checkpoint import require_file
 from bissl.config import Config
 from bissl.errors import CheckpointError, ConfigError
-from bissl.pretext import PretextTask
+from bissl.pretext import PRETEXT_TASKS, PretextTask
 from bissl.runtime import RunDir, say, seed_everything
 from bissl.train.checkpoint_formats import save_backbone, save_pretext
 from bissl.train.model_factory import make_pretext
 
 LAYOUTS = ("torchvision", "timm", "solo-learn", "lightly", "bissl-reference")
 RESNETS = ("resnet18", "resnet34", "resnet50")
+METHODS = PRETEXT_TASKS
+METHOD_NAMES = {
+    "simclr": "SimCLR",
+    "byol": "BYOL",
+    "vicreg": "VICReg",
+    "barlow_twins": "Barlow Twins",
+    "mocov3": "MoCo v3",
+}
 # lightly's examples keep a torchvision ResNet as nn.Sequential(*children()[:-1]): child index -> name.
 SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+# lightly names the momentum copies after its examples, its ImageNet benchmarks or its MoCo benchmark.
+LIGHTLY_MOMENTUM = (
+    ("backbone_momentum.", "projection_head_momentum."),
+    ("teacher_backbone.", "teacher_projection_head."),
+    ("key_backbone.", "key_projection_head."),
+)
 _SHOWN = 4
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
 class SourceParts:
-    """What a layout found in a file: backbone, projector and predictor state dicts, and what it dropped."""
+    """What a layout found in a file: the backbone, projector, predictor and momentum networks as state dicts
+    (``prefixes``: the file's key prefix of each), what it dropped, and what tells the training method:
+    ``method`` as the file states it (``stated_by`` says where), ``candidates``, the methods its keys fit
+    (None when it holds no pretext head), and ``structure``, those keys in words."""
 
     backbone: dict[str, Tensor]
     projector: dict[str, Tensor] | None = None
     predictor: dict[str, Tensor] | None = None
+    momentum_backbone: dict[str, Tensor] | None = None
+    momentum_projector: dict[str, Tensor] | None = None
+    prefixes: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    method: str | None = None
+    stated_by: str = ""
+    candidates: tuple[str, ...] | None = None
+    structure: str = ""
 
 
 def _first(names: list[str]) -> str:
@@ -51,12 +83,13 @@ def _first(names: list[str]) -> str:
     return shown + (", ..." if len(names) > _SHOWN else "")
 
 
-def read_state_dict(
+def read_checkpoint(
     path: str | Path, *, trust_pickle: bool = False, key: str = "imported.checkpoint (--checkpoint)"
-) -> dict[str, Tensor]:
-    """The tensors of a checkpoint file: a plain state dict, or the ``state_dict`` / ``model`` entry of a
-    training checkpoint (Lightning, timm); a DDP ``module.`` prefix is removed. ``key`` names the setting
-    that gave the path in the messages."""
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors of a checkpoint file and the entries beside them: a plain state dict, or the
+    ``state_dict`` / ``model`` entry of a training checkpoint (Lightning, timm), whose other entries
+    (``hyper_parameters``, ``epoch``, ...) come second; a DDP ``module.`` prefix is removed. ``key`` names the
+    setting that gave the path in the messages."""
     source = require_file(path, "checkpoint", f"check {key}")
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=not trust_pickle)
@@ -73,8 +106,10 @@ def read_state_dict(
             f"checkpoint '{source}' cannot be read ({reason}); it is truncated or not a checkpoint"
         ) from None
     state: Any = loaded
+    beside: dict[str, Any] = {}
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            beside = {str(k): v for k, v in state.items() if k != wrapper}
             state = state[wrapper]
             break
     if not isinstance(state, dict) or not state:
@@ -84,7 +119,14 @@ def read_state_dict(
         raise CheckpointError(f"checkpoint '{source}' holds no tensors")
     if all(k.startswith("module.") for k in tensors):
         tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
-    return tensors
+    return tensors, beside
+
+
+def read_state_dict(
+    path: str | Path, *, trust_pickle: bool = False, key: str = "imported.checkpoint (--checkpoint)"
+) -> dict[str, Tensor]:
+    """The tensors of a checkpoint file (``read_checkpoint`` without the entries beside them)."""
+    return read_checkpoint(path, trust_pickle=trust_pickle, key=key)[0]
 
 
 def _plain(text: str) -> str:
@@ -108,63 +150,175 @@ def _drop(state: dict[str, Tensor], parts: SourceParts, prefix: str, what: str) 
         parts.dropped.append(f"{what} ({prefix}*, {count} tensors)")
 
 
+def _without_fc(backbone: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in backbone.items() if not k.startswith("fc.")}
+
+
+def _report_unknown(state: dict[str, Tensor], parts: SourceParts, known: tuple[str, ...]) -> None:
+    unknown = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
+    if unknown:
+        parts.dropped.append(f"entries this layout does not use ({', '.join(unknown)})")
+
+
+def _ends_in_batchnorm(head: dict[str, Tensor] | None) -> bool:
+    """Whether the last layer of an index-keyed MLP state dict is a BatchNorm (MoCo v3's projector)."""
+    if not head:
+        return False
+    indices = [k.split(".")[0] for k in head]
+    if not all(index.isdigit() for index in indices):
+        return False
+    last = max(indices, key=int)
+    return f"{last}.running_mean" in head
+
+
+def _tell_method(parts: SourceParts) -> None:
+    """``parts.candidates`` and ``parts.structure`` from the parts a file holds: predictor and momentum networks
+    are BYOL or MoCo v3 (MoCo v3's projector ends in BatchNorm), a projector alone is SimCLR, VICReg or Barlow
+    Twins, anything else is a method bissl does not train."""
+    predictor = parts.predictor is not None
+    momentum = parts.momentum_backbone is not None or parts.momentum_projector is not None
+    if predictor and momentum:
+        if _ends_in_batchnorm(parts.projector):
+            parts.candidates = ("mocov3",)
+            parts.structure = "a predictor and momentum networks, the projector ending in BatchNorm"
+        else:
+            parts.candidates = ("byol",)
+            parts.structure = "a predictor and momentum networks, the projector ending in a Linear layer"
+    elif momentum:
+        parts.candidates = ()
+        parts.structure = "momentum networks without a predictor (as MoCo v2 or DINO)"
+    elif predictor:
+        parts.candidates = ()
+        parts.structure = "a predictor without momentum networks (as SimSiam)"
+    elif parts.projector is not None:
+        parts.candidates = ("simclr", "vicreg", "barlow_twins")
+        parts.structure = "a projector without predictor or momentum networks"
+
+
 def _resnet_state_dict(state: dict[str, Tensor]) -> SourceParts:
     """torchvision and timm ResNets: every key is the backbone's but the classifier ``fc``."""
-    parts = SourceParts(backbone={k: v for k, v in state.items() if not k.startswith("fc.")})
+    parts = SourceParts(backbone=_without_fc(state))
     _drop(state, parts, "fc.", "classifier")
     return parts
 
 
+def _field(holder: Any, name: str) -> Any:
+    """``holder[name]`` of a mapping (a dict, an OmegaConf DictConfig) or ``holder.name`` of a namespace."""
+    if holder is None:
+        return None
+    if isinstance(holder, Mapping):
+        return holder.get(name)
+    return getattr(holder, name, None)
+
+
+def _solo_learn_stated_method(beside: dict[str, Any], source: Path | None) -> tuple[str | None, str]:
+    """The method a solo-learn checkpoint states: ``hyper_parameters`` (``method``, or ``cfg.method``), else the
+    ``args.json`` solo-learn writes beside its checkpoints; ``(None, "")`` when neither says."""
+    hyper = _field(beside, "hyper_parameters")
+    for holder in (hyper, _field(hyper, "cfg")):
+        method = _field(holder, "method")
+        if isinstance(method, str):
+            return method, f"solo-learn method '{method}'"
+    args = source.parent / "args.json" if source is not None else None
+    if args is not None and args.is_file():
+        try:
+            method = json.loads(args.read_text()).get("method")
+        except (ValueError, AttributeError, OSError):
+            method = None
+        if isinstance(method, str):
+            return method, f"solo-learn method '{method}' in {args.name}"
+    return None, ""
+
+
 def _solo_learn(state: dict[str, Tensor]) -> SourceParts:
-    """solo-learn: ``backbone.``, ``projector.``, BYOL ``predictor.``; its online linear ``classifier.`` and
-    momentum networks are dropped."""
+    """solo-learn (``solo/methods``): ``backbone.``, ``projector.``, the ``predictor.`` of BYOL and MoCo v3,
+    their ``momentum_backbone.`` and ``momentum_projector.``; the online linear ``classifier.`` (and
+    ``momentum_classifier.``) is dropped."""
     if not any(k.startswith("backbone.") for k in state):
         raise CheckpointError(
             "no 'backbone.*' keys: this is not a solo-learn checkpoint; check imported.layout"
         )
-    backbone = _under(state, "backbone.")
     parts = SourceParts(
-        backbone={k: v for k, v in backbone.items() if not k.startswith("fc.")},
+        backbone=_without_fc(_under(state, "backbone.")),
         projector=_under(state, "projector.") or None,
         predictor=_under(state, "predictor.") or None,
+        momentum_backbone=_without_fc(_under(state, "momentum_backbone.")) or None,
+        momentum_projector=_under(state, "momentum_projector.") or None,
+        prefixes={
+            "backbone": "backbone.",
+            "projector": "projector.",
+            "predictor": "predictor.",
+            "momentum_backbone": "momentum_backbone.",
+            "momentum_projector": "momentum_projector.",
+        },
     )
     _drop(state, parts, "backbone.fc.", "classifier")
+    _drop(state, parts, "momentum_backbone.fc.", "classifier of the momentum backbone")
     _drop(state, parts, "classifier.", "online linear classifier")
-    for prefix in ("momentum_backbone.", "momentum_projector."):
-        _drop(
-            state, parts, prefix, "momentum network (BiSSL re-copies the BYOL target from the online network)"
-        )
-    _report_unknown(state, parts, ("backbone.", "projector.", "predictor.", "classifier.", "momentum_"))
+    _drop(state, parts, "momentum_classifier.", "online linear classifier of the momentum backbone")
+    known = (
+        "backbone.",
+        "projector.",
+        "predictor.",
+        "momentum_backbone.",
+        "momentum_projector.",
+        "classifier.",
+        "momentum_classifier.",
+    )
+    _report_unknown(state, parts, known)
+    _tell_method(parts)
     return parts
 
 
-def _lightly(state: dict[str, Tensor]) -> SourceParts:
-    """lightly: ``backbone.`` (torchvision names, or ``nn.Sequential`` child indices as in its examples),
-    ``projection_head.layers.``, BYOL ``prediction_head.layers.``; momentum/teacher copies and the online
-    classifier are dropped."""
-    if not any(k.startswith("backbone.") for k in state):
-        raise CheckpointError("no 'backbone.*' keys: this is not a lightly checkpoint; check imported.layout")
+def _lightly_backbone(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A lightly backbone with torchvision names: ``nn.Sequential`` child indices renamed, ``fc`` removed."""
     backbone: dict[str, Tensor] = {}
-    for key, value in _under(state, "backbone.").items():
+    for key, value in state.items():
         head, _, rest = key.partition(".")
         if head.isdigit():
             key = f"{SEQUENTIAL_RESNET.get(head, f'children[{head}]')}.{rest}"
         backbone[key] = value
+    return _without_fc(backbone)
+
+
+def _lightly_head(state: dict[str, Tensor], prefix: str) -> tuple[dict[str, Tensor] | None, str]:
+    """A lightly head (``ProjectionHead.layers``, an ``nn.Sequential``) under ``prefix``, and its key prefix."""
+    layers = _under(state, prefix + "layers.")
+    if layers:
+        return layers, prefix + "layers."
+    return _under(state, prefix) or None, prefix
+
+
+def _lightly(state: dict[str, Tensor]) -> SourceParts:
+    """lightly: ``backbone.`` (torchvision names, or ``nn.Sequential`` child indices as in its examples),
+    ``projection_head.layers.``, the ``prediction_head.layers.`` of BYOL and MoCo v3, and their momentum copies
+    (``backbone_momentum.`` / ``projection_head_momentum.`` as in the examples, ``teacher_backbone.`` /
+    ``teacher_projection_head.`` or ``key_backbone.`` / ``key_projection_head.`` as in the benchmarks); the
+    online classifier is dropped."""
+    if not any(k.startswith("backbone.") for k in state):
+        raise CheckpointError("no 'backbone.*' keys: this is not a lightly checkpoint; check imported.layout")
+    projector, projector_prefix = _lightly_head(state, "projection_head.")
+    predictor, predictor_prefix = _lightly_head(state, "prediction_head.")
     parts = SourceParts(
-        backbone={k: v for k, v in backbone.items() if not k.startswith("fc.")},
-        projector=_under(state, "projection_head.layers.") or None,
-        predictor=_under(state, "prediction_head.layers.") or None,
+        backbone=_lightly_backbone(_under(state, "backbone.")),
+        projector=projector,
+        predictor=predictor,
+        prefixes={"backbone": "backbone.", "projector": projector_prefix, "predictor": predictor_prefix},
     )
+    kept = ["backbone.", "projection_head.", "prediction_head."]
+    for backbone_prefix, head_prefix in LIGHTLY_MOMENTUM:
+        if any(k.startswith((backbone_prefix, head_prefix)) for k in state):
+            parts.momentum_backbone = _lightly_backbone(_under(state, backbone_prefix)) or None
+            parts.momentum_projector, momentum_prefix = _lightly_head(state, head_prefix)
+            parts.prefixes |= {"momentum_backbone": backbone_prefix, "momentum_projector": momentum_prefix}
+            _drop(state, parts, backbone_prefix + "fc.", "classifier of the momentum backbone")
+            kept += [backbone_prefix, head_prefix]
+            break
     _drop(state, parts, "backbone.fc.", "classifier")
-    kept = ("backbone.", "projection_head.", "prediction_head.")
-    unknown = []
-    for prefix in sorted({k.split(".")[0] + "." for k in state if not k.startswith(kept)}):
-        if any(word in prefix for word in ("momentum", "teacher", "classifier")):
-            _drop(state, parts, prefix, "momentum network or online classifier")
-        else:
-            unknown.append(prefix.rstrip("."))
-    if unknown:
-        parts.dropped.append(f"entries this layout does not use ({', '.join(unknown)})")
+    for prefix in ("online_classifier.", "classifier."):
+        _drop(state, parts, prefix, "online classifier")
+    _report_unknown(state, parts, (*kept, "online_classifier.", "classifier."))
+    _tell_method(parts)
     return parts
 
 
@@ -172,13 +326,18 @@ def _bissl_reference(state: dict[str, Tensor], head: dict[str, Tensor] | None) -
     """The authors' pretext files: a timm ResNet backbone state dict (classifier already removed) and a head
     file with ``projector.*`` (+ ``predictor.*`` for BYOL; bare ``0.*`` indices in the first version). A whole
     model state dict (``backbone.*``, ``head.projector.*``) works too; its BYOL target copies are dropped."""
+    outer = ""  # where the head's keys sit in the file: a whole model's head.*, or the head file itself
     if any(k.startswith("backbone.") for k in state):
         backbone = _under(state, "backbone.")
         in_file = _under(state, "head.") or {k: v for k, v in state.items() if k.startswith("projector.")}
+        outer = "head." if head is None and any(k.startswith("head.") for k in state) else ""
         head = head or in_file or None
     else:
         backbone = dict(state)
-    parts = SourceParts(backbone={k: v for k, v in backbone.items() if not k.startswith("fc.")})
+    parts = SourceParts(
+        backbone=_without_fc(backbone),
+        prefixes={"projector": f"{outer}projector.", "predictor": f"{outer}predictor."},
+    )
     _drop(state, parts, "fc.", "classifier")
     for prefix in ("backbone_target.", "projector_target."):
         _drop(state, parts, prefix, "BYOL target network (re-copied from the online network)")
@@ -188,22 +347,27 @@ def _bissl_reference(state: dict[str, Tensor], head: dict[str, Tensor] | None) -
             parts.predictor = _under(head, "predictor.") or None
         elif all(k.split(".")[0].isdigit() for k in head):
             parts.projector = dict(head)
+            parts.prefixes["projector"] = ""
         else:
             raise CheckpointError(
                 f"the head file holds neither 'projector.*' nor indexed layer keys ({_first(sorted(head))}); "
                 "pass the authors' *_head_* (or *_proj*) file as imported.head"
             )
+    if parts.predictor is not None:  # the authors released SimCLR and BYOL; only BYOL has a predictor
+        parts.candidates, parts.structure = ("byol",), "a predictor"
     return parts
 
 
-def _report_unknown(state: dict[str, Tensor], parts: SourceParts, known: tuple[str, ...]) -> None:
-    unknown = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
-    if unknown:
-        parts.dropped.append(f"entries this layout does not use ({', '.join(unknown)})")
-
-
-def split_layout(layout: str, state: dict[str, Tensor], head: dict[str, Tensor] | None = None) -> SourceParts:
-    """Apply a layout's naming rules to a loaded state dict."""
+def split_layout(
+    layout: str,
+    state: dict[str, Tensor],
+    head: dict[str, Tensor] | None = None,
+    *,
+    beside: dict[str, Any] | None = None,
+    source: Path | None = None,
+) -> SourceParts:
+    """Apply a layout's naming rules to a loaded state dict; ``beside`` holds the checkpoint's other entries
+    and ``source`` its path (solo-learn states its method in its hyper-parameters or an ``args.json``)."""
     if layout not in LAYOUTS:
         raise ConfigError(
             f"config key 'imported.layout' got {layout!r}; allowed values: {', '.join(LAYOUTS)}"
@@ -213,7 +377,9 @@ def split_layout(layout: str, state: dict[str, Tensor], head: dict[str, Tensor] 
     if layout in ("torchvision", "timm"):
         return _resnet_state_dict(state)
     if layout == "solo-learn":
-        return _solo_learn(state)
+        parts = _solo_learn(state)
+        parts.method, parts.stated_by = _solo_learn_stated_method(beside or {}, source)
+        return parts
     if layout == "lightly":
         return _lightly(state)
     return _bissl_reference(state, head)
@@ -248,15 +414,30 @@ def check_backbone(
 
 @dataclass
 class _Layer:
+    index: str
     kind: str  # "linear" or "bn"
     tensors: dict[str, Tensor]
 
     @property
     def width(self) -> tuple[int, ...]:
-        return tuple(self.tensors["weight"].shape)
+        """Linear: (out, in); BatchNorm: (features,)."""
+        return tuple(self.tensors["weight" if self.kind == "linear" else "running_mean"].shape)
+
+    def key(self, prefix: str) -> str:
+        """The layer's first tensor as the file names it: ``weight``, or ``running_mean`` without affine."""
+        return f"{prefix}{self.index}.{'weight' if 'weight' in self.tensors else 'running_mean'}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensors["weight" if "weight" in self.tensors else "running_mean"].shape)
+
+    def describe(self) -> str:
+        if self.kind == "linear":
+            return f"Linear({self.width[1]}, {self.width[0]})"
+        return f"BatchNorm1d({self.width[0]}{'' if 'weight' in self.tensors else ', affine=False'})"
 
 
-def _layers(state: dict[str, Tensor]) -> list[tuple[str, _Layer]]:
+def _layers(state: dict[str, Tensor]) -> list[_Layer]:
     """Index-keyed ``nn.Sequential`` state dict -> its Linear and BatchNorm layers in order."""
     grouped: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
@@ -268,76 +449,243 @@ def _layers(state: dict[str, Tensor]) -> list[tuple[str, _Layer]]:
     for index in sorted(grouped, key=int):
         tensors = grouped[index]
         if "running_mean" in tensors:
-            layers.append((index, _Layer("bn", tensors)))
+            layers.append(_Layer(index, "bn", tensors))
         elif "weight" in tensors and tensors["weight"].ndim == 2:
-            layers.append((index, _Layer("linear", tensors)))
+            layers.append(_Layer(index, "linear", tensors))
         else:
             raise ValueError(f"layer {index} ({', '.join(sorted(tensors))}) is neither Linear nor BatchNorm")
     return layers
 
 
-def _shape(layers: list[tuple[str, _Layer]]) -> str:
-    linears = [layer.width for _, layer in layers if layer.kind == "linear"]
-    if not linears:
+def _linear_widths(layers: list[_Layer]) -> list[int]:
+    """Input width, then the output width of every Linear layer."""
+    linears = [layer.width for layer in layers if layer.kind == "linear"]
+    return [linears[0][1], *(w[0] for w in linears)] if linears else []
+
+
+def _hidden_bn(layers: list[_Layer]) -> bool:
+    """Whether a BatchNorm follows a hidden Linear layer (one that another Linear layer follows)."""
+    last_linear = max((i for i, layer in enumerate(layers) if layer.kind == "linear"), default=-1)
+    return any(layer.kind == "bn" for layer in layers[:last_linear])
+
+
+def _shape(layers: list[_Layer]) -> str:
+    widths = _linear_widths(layers)
+    if not widths:
         return "no Linear layer"
-    widths = [linears[0][1], *(w[0] for w in linears)]
-    with_bn = any(layer.kind == "bn" for _, layer in layers)
-    return "-".join(map(str, widths)) + (" with BatchNorm" if with_bn else "")
+    text = "-".join(map(str, widths)) + (" with BatchNorm" if _hidden_bn(layers) else " without BatchNorm")
+    if layers[-1].kind == "bn":
+        text += ", ending in BatchNorm" + ("" if "weight" in layers[-1].tensors else " without affine")
+    return text
 
 
-def map_mlp(source: dict[str, Tensor], target: nn.Sequential, what: str, hint: str) -> dict[str, Tensor]:
+def _width_fix(role: str, theirs: list[_Layer], mine: list[_Layer]) -> str:
+    """The ``pretext.*`` widths that build ``theirs`` where they differ from ``mine``."""
+    their_widths, my_widths = _linear_widths(theirs), _linear_widths(mine)
+    if not their_widths or not my_widths:
+        return ""
+    settings = []
+    hidden_key = "predictor_hidden" if role == "predictor" else "projector_hidden"
+    if their_widths[1:-1] != my_widths[1:-1]:
+        settings.append(f"pretext.{hidden_key}=[{','.join(map(str, their_widths[1:-1]))}]")
+    if their_widths[-1] != my_widths[-1]:
+        settings.append(f"pretext.projector_dim={their_widths[-1]}")
+    if their_widths[0] != my_widths[0]:
+        source = "projector_dim" if role == "predictor" else "model.backbone"
+        settings.append(f"the input width {their_widths[0]} ({source})")
+    return "set " + " and ".join(settings)
+
+
+def _first_difference(theirs: list[_Layer], mine: list[_Layer], what: str, prefix: str) -> str | None:
+    """The first layer where the checkpoint's MLP and the configured one differ in kind or width: its key in
+    the file and both shapes."""
+    for position in range(max(len(theirs), len(mine))):
+        a = theirs[position] if position < len(theirs) else None
+        b = mine[position] if position < len(mine) else None
+        if a is None and b is not None:
+            return f"the checkpoint's {what} ends where the configured one has a {b.describe()} (layer {b.index})"
+        if a is not None and b is None:
+            return f"{a.key(prefix)}: checkpoint {list(a.shape)} ({a.describe()}), which the configured {what} lacks"
+        if a is not None and b is not None and (a.kind != b.kind or a.width != b.width):
+            return (
+                f"{a.key(prefix)}: checkpoint {list(a.shape)} ({a.describe()}), "
+                f"model {list(b.shape)} ({b.describe()})"
+            )
+    return None
+
+
+def _misfit(
+    what: str, theirs: list[_Layer], mine: list[_Layer], problem: str, fix: str, hint: str
+) -> CheckpointError:
+    advice = f"{fix}, or {hint}" if fix else hint
+    return CheckpointError(
+        f"the {what} in the checkpoint ({_shape(theirs)}) does not fit the configured one ({_shape(mine)}): "
+        f"{problem}; {advice}"
+    )
+
+
+def map_mlp(
+    source: dict[str, Tensor], target: nn.Module, what: str, hint: str, *, prefix: str = ""
+) -> dict[str, Tensor]:
     """A source MLP (Linear / BatchNorm / activation as ``nn.Sequential``) as ``target``'s state dict.
 
     The functions agree exactly: a Linear bias in front of a BatchNorm is folded into its running mean (the
-    batch statistics cancel it in training mode), a missing output bias becomes zero."""
+    batch statistics cancel it in training mode), a missing output bias becomes zero, and a BatchNorm without
+    affine parameters becomes one with weight 1 and bias 0. Anything else that differs ends with one line
+    naming the first differing key (``prefix``: the file's key prefix of the MLP) and the ``pretext.*`` setting
+    that builds the checkpoint's MLP, then ``hint``."""
     own = target.state_dict()
     try:
         theirs = _layers(source)
     except ValueError as exc:
-        raise CheckpointError(f"the {what} is not a plain MLP ({exc}); {hint}") from None
+        raise CheckpointError(f"the {what} ({prefix}*) is not a plain MLP ({exc}); {hint}") from None
     mine = _layers(own)
-    fits = [a.kind for _, a in theirs] == [b.kind for _, b in mine] and all(
-        a.width == b.width for (_, a), (_, b) in zip(theirs, mine, strict=True)
-    )
-    if not fits:
-        raise CheckpointError(
-            f"the {what} in the checkpoint ({_shape(theirs)}) does not fit the configured one ({_shape(mine)}); {hint}"
-        )
+    role = "predictor" if "predictor" in what else "projector"
+    problem = _first_difference(theirs, mine, what, prefix)
+    if problem is not None:
+        if _linear_widths(theirs) != _linear_widths(mine):
+            fix = _width_fix(role, theirs, mine)
+        elif _hidden_bn(theirs) != _hidden_bn(mine):
+            fix = f"set pretext.head_hidden_bn={str(_hidden_bn(theirs)).lower()}"
+        else:
+            fix = ""  # an output BatchNorm that no pretext.* setting adds or removes
+        raise _misfit(what, theirs, mine, problem, fix, hint)
     out: dict[str, Tensor] = {}
     carried_bias: Tensor | None = None
-    for position, ((_, layer), (index, slot)) in enumerate(zip(theirs, mine, strict=True)):
+    for position, (layer, slot) in enumerate(zip(theirs, mine, strict=True)):
+        following = mine[position + 1].kind if position + 1 < len(mine) else None
         if layer.kind == "linear":
-            out[f"{index}.weight"] = layer.tensors["weight"]
+            out[f"{slot.index}.weight"] = layer.tensors["weight"]
             bias = layer.tensors.get("bias")
             if "bias" in slot.tensors:
-                out[f"{index}.bias"] = bias if bias is not None else torch.zeros_like(slot.tensors["bias"])
-            elif bias is not None:
-                following = mine[position + 1][1].kind if position + 1 < len(mine) else None
-                if following == "bn":
-                    carried_bias = bias
-                elif bool(bias.abs().max() > 0):
-                    raise CheckpointError(
-                        f"the {what}'s output layer has a bias that the configured projector lacks; {hint}"
-                    )
+                out[f"{slot.index}.bias"] = (
+                    bias if bias is not None else torch.zeros_like(slot.tensors["bias"])
+                )
+            elif bias is not None and following == "bn":
+                carried_bias = bias
+            elif bias is not None and bool(bias.abs().max() > 0):
+                output = following is None or all(later.kind != "linear" for later in mine[position + 1 :])
+                setting = "head_output_bias" if output else "head_hidden_bias"
+                kind = "output" if output else "hidden"
+                problem = f"the {what}'s {kind} layer has a bias ({prefix}{layer.index}.bias) that the configured {what} lacks"
+                raise _misfit(what, theirs, mine, problem, f"set pretext.{setting}=true", hint)
         else:
+            affine = "weight" in layer.tensors
+            if affine and "weight" not in slot.tensors:
+                identity = bool((layer.tensors["weight"] == 1).all()) and bool(
+                    (layer.tensors["bias"] == 0).all()
+                )
+                if not identity:
+                    problem = (
+                        f"{prefix}{layer.index}.weight and .bias: the checkpoint's BatchNorm has trained affine "
+                        f"parameters, the configured {what}'s BatchNorm has none"
+                    )
+                    raise _misfit(what, theirs, mine, problem, "", hint)
             for name, value in slot.tensors.items():
-                out[f"{index}.{name}"] = layer.tensors.get(name, value)
+                if name in layer.tensors:
+                    out[f"{slot.index}.{name}"] = layer.tensors[name]
+                elif name == "weight":
+                    out[f"{slot.index}.{name}"] = torch.ones_like(value)
+                elif name == "bias":
+                    out[f"{slot.index}.{name}"] = torch.zeros_like(value)
+                else:
+                    out[f"{slot.index}.{name}"] = value
             if carried_bias is not None:
-                out[f"{index}.running_mean"] = out[f"{index}.running_mean"] - carried_bias
+                out[f"{slot.index}.running_mean"] = out[f"{slot.index}.running_mean"] - carried_bias
                 carried_bias = None
     return {k: v.to(own[k].dtype) for k, v in out.items()}
 
 
-def _head_modules(task: PretextTask, method: str) -> dict[str, nn.Sequential]:
-    head: Any = task.head
-    if method == "byol":
-        return {"projector": head["projector"], "predictor": head["predictor"]}
-    return {"projector": head}
+def _named(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def _either(methods: tuple[str, ...]) -> str:
+    names = [_named(m) for m in methods]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def _resolve_method(
+    parts: SourceParts, config: Config, source: str, layout: str, notes: list[str]
+) -> tuple[str | None, str]:
+    """The method that trained the checkpoint and what says so: its stated method, else ``imported.method``,
+    else its keys. A head of another method than ``pretext.method`` (or of one bissl does not train) is refused
+    in one line unless ``imported.projector=false`` takes the backbone alone; a head whose keys fit several
+    methods is taken as ``pretext.method``'s, and the notes say so."""
+    wanted = config.pretext.method
+    told = config.imported.method
+    keys = f"{layout} keys: {parts.structure}"
+    method: str | None = None
+    evidence = ""
+    if parts.method is not None:
+        method, evidence = parts.method, parts.stated_by
+        if told is not None and told != method:
+            raise CheckpointError(
+                f"checkpoint '{source}' holds a {_named(method)} model ({evidence}) but imported.method is "
+                f"'{told}'; set imported.method={method} or leave it out"
+            )
+    elif told is not None:
+        if parts.candidates is not None and told not in parts.candidates:
+            fits = f"a {_either(parts.candidates)} model" if parts.candidates else "none of bissl's methods"
+            raise CheckpointError(
+                f"imported.method is '{told}' but checkpoint '{source}' holds {parts.structure} ({layout}), "
+                f"which fits {fits}; check imported.method and imported.layout"
+            )
+        method, evidence = told, "imported.method"
+    elif parts.candidates is not None and len(parts.candidates) == 1:
+        method, evidence = parts.candidates[0], keys
+    takes_head = parts.projector is not None and config.imported.projector
+    backbone_alone = "pass imported.projector=false to import its backbone alone"
+    if method is not None and method not in METHODS:
+        if takes_head:
+            raise CheckpointError(
+                f"checkpoint '{source}' holds a model of {evidence}, a method bissl does not train "
+                f"(pretext.method: {', '.join(METHODS)}); {backbone_alone}"
+            )
+        notes.append(f"the checkpoint holds a model of {evidence}; its backbone alone is imported")
+    elif method is not None and method != wanted:
+        if takes_head:
+            raise CheckpointError(
+                f"checkpoint '{source}' holds a {_named(method)} model ({evidence}) but pretext.method is "
+                f"'{wanted}'; pass pretext.method={method} (or imported.projector=false for its backbone alone)"
+            )
+        notes.append(
+            f"the checkpoint holds a {_named(method)} model ({evidence}); its backbone alone goes into "
+            f"pretext.method={wanted}"
+        )
+    elif method is not None:
+        notes.append(f"the checkpoint holds a {_named(method)} model ({evidence})")
+    elif method is None and parts.candidates == ():
+        if takes_head:
+            raise CheckpointError(
+                f"checkpoint '{source}' holds {parts.structure} ({layout}), which none of bissl's methods has "
+                f"(pretext.method: {', '.join(METHODS)}); {backbone_alone}"
+            )
+        notes.append(f"the checkpoint holds {parts.structure}; its backbone alone is imported")
+    elif method is None and parts.candidates:
+        if wanted not in parts.candidates:
+            if takes_head:
+                raise CheckpointError(
+                    f"checkpoint '{source}' holds a {_either(parts.candidates)} model ({keys}) but "
+                    f"pretext.method is '{wanted}'; pass pretext.method and imported.method as one of "
+                    f"{', '.join(parts.candidates)} (or imported.projector=false for its backbone alone)"
+                )
+            notes.append(
+                f"the checkpoint holds a {_either(parts.candidates)} model; its backbone alone is imported"
+            )
+        else:
+            evidence = f"assumed from pretext.method ({keys})"
+            notes.append(
+                f"the file does not tell which of {_either(parts.candidates)} trained it ({parts.structure}); "
+                f"its head is imported as pretext.method={wanted}'s: set imported.method to state the method"
+            )
+    return method, evidence
 
 
 def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
-    """The pretext task (configured backbone and head) with the weights of ``config.imported``, and what the
-    import did: channels, whether the projector was imported, what was dropped."""
+    """The pretext task (configured backbone, head and target network) with the weights of
+    ``config.imported``, and what the import did: channels, the checkpoint's method and what told it, whether
+    the projector and the target were imported, what was dropped."""
     spec = config.imported
     if spec.layout is None or spec.checkpoint is None:
         raise ConfigError(
@@ -348,7 +696,7 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
             f"bissl import reads ResNets; set model.backbone to one of {', '.join(RESNETS)} "
             f"(got {config.model.backbone!r})"
         )
-    state = read_state_dict(spec.checkpoint, trust_pickle=spec.trust_pickle)
+    state, beside = read_checkpoint(spec.checkpoint, trust_pickle=spec.trust_pickle)
     head_state = (
         read_state_dict(spec.head, trust_pickle=spec.trust_pickle, key="imported.head (--head)")
         if spec.head
@@ -356,53 +704,69 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
     )
     describe = f"checkpoint '{spec.checkpoint}' (layout {spec.layout})"
     try:
-        parts = split_layout(spec.layout, state, head_state)
+        parts = split_layout(spec.layout, state, head_state, beside=beside, source=Path(spec.checkpoint))
     except CheckpointError as exc:
         raise CheckpointError(f"{describe}: {exc}") from None
+    notes = [f"dropped {item}" for item in parts.dropped]
+    method, evidence = _resolve_method(parts, config, str(spec.checkpoint), spec.layout, notes)
     conv1 = parts.backbone.get("conv1.weight")
     channels = int(conv1.shape[1]) if conv1 is not None and conv1.ndim == 4 else 3
     task = make_pretext(config, channels)
     hint = f"check imported.layout, model.backbone={config.model.backbone} and model.stem={config.model.stem}"
     task.backbone.load_state_dict(check_backbone(parts.backbone, task.backbone, describe, hint))
-    notes = [f"dropped {item}" for item in parts.dropped]
     if spec.layout == "solo-learn" and conv1 is not None and conv1.shape[-1] == 3:
         notes.append(
             "solo-learn's CIFAR ResNets pad their 3x3 stem convolution by 2, model.stem=small by 1: the weights "
             "load, the features differ slightly from solo-learn's own"
         )
-    projector = _import_head(task, config, parts, notes)
-    task.reset_target()
+    try:
+        projector = _import_head(task, config, parts, notes)
+        target = _import_target(task, config, parts, projector, notes, describe, hint)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{describe}: {exc}") from None
     info = {
         "layout": spec.layout,
         "checkpoint": str(spec.checkpoint),
         "head": None if spec.head is None else str(spec.head),
         "channels": channels,
+        "method": method,
+        "method_evidence": evidence,
         "projector": projector,
+        "target": target,
         "notes": notes,
     }
     return task, info
 
 
+def _head_modules(task: PretextTask) -> dict[str, nn.Module]:
+    """The task's pretext head by part: a projector alone, or projector and predictor (BYOL, MoCo v3)."""
+    head: Any = task.head
+    if isinstance(head, nn.ModuleDict):
+        return {name: head[name] for name in ("projector", "predictor") if name in head}
+    return {"projector": head}
+
+
 def _import_head(task: PretextTask, config: Config, parts: SourceParts, notes: list[str]) -> str:
-    """Load the release's projector (and BYOL predictor) into the task's head: "imported" or "absent"."""
-    wanted = _head_modules(task, config.pretext.method)
+    """Load the release's projector (and predictor) into the task's head: "imported" or "absent"."""
+    wanted = _head_modules(task)
     found = {"projector": parts.projector, "predictor": parts.predictor}
-    if config.pretext.method != "byol" and parts.predictor is not None:
-        notes.append("dropped the BYOL predictor (pretext.method is simclr)")
+    if "predictor" not in wanted and parts.predictor is not None:
+        notes.append(
+            f"dropped the predictor ({parts.prefixes.get('predictor', 'predictor.')}*): "
+            f"pretext.method={config.pretext.method} has none"
+        )
     if not config.imported.projector:
         if parts.projector is not None:
             notes.append("left the release's projector out (imported.projector=false)")
         return "absent"
-    hint = (
-        "set pretext.projector_hidden / projector_dim (and predictor_hidden) to the release's widths, "
-        "or imported.projector=false to train a fresh head with pretext.projector_warmup_steps"
-    )
+    hint = "pass imported.projector=false to train a fresh head with pretext.projector_warmup_steps"
     loaded: list[str] = []
     for name, module in wanted.items():
         source = found[name]
         if source is None:
             continue
-        module.load_state_dict(map_mlp(source, module, name, hint))
+        prefix = parts.prefixes.get(name, "")
+        module.load_state_dict(map_mlp(source, module, name, hint, prefix=prefix))
         loaded.append(name)
     missing = [name for name in wanted if name not in loaded]
     if missing:
@@ -416,6 +780,60 @@ def _import_head(task: PretextTask, config: Config, parts: SourceParts, notes: l
     return "imported"
 
 
+def _import_target(
+    task: PretextTask,
+    config: Config,
+    parts: SourceParts,
+    projector: str,
+    notes: list[str],
+    describe: str,
+    hint: str,
+) -> str | None:
+    """BYOL and MoCo v3: the release's momentum backbone and projector as the task's target network
+    ("imported"), or a copy of the online network ("online copy") when the release has none or its head was not
+    imported; None for a method without a target."""
+    names = ("momentum_backbone", "momentum_projector")
+    held = [f"{parts.prefixes.get(n, n + '.')}*" for n in names if getattr(parts, n) is not None]
+    target: Any = getattr(task, "target", None)
+    if target is None:
+        if held:
+            notes.append(
+                f"dropped the momentum networks ({', '.join(held)}): pretext.method={config.pretext.method} "
+                "has no target network"
+            )
+        return None
+    if projector == "imported" and len(held) == len(names):
+        momentum_backbone = parts.momentum_backbone or {}
+        momentum_projector = parts.momentum_projector or {}
+        target.backbone.load_state_dict(
+            check_backbone(momentum_backbone, target.backbone, f"its momentum backbone ({held[0]})", hint)
+        )
+        target.projector.load_state_dict(
+            map_mlp(
+                momentum_projector,
+                target.projector,
+                "momentum projector",
+                "pass imported.projector=false to train a fresh head and copy the target from it",
+                prefix=parts.prefixes.get("momentum_projector", ""),
+            )
+        )
+        notes.append(f"imported the momentum networks ({', '.join(held)}) as the target network")
+        return "imported"
+    task.reset_target()
+    if held and projector != "imported":
+        notes.append(
+            f"dropped the momentum networks ({', '.join(held)}) with the head; the target network is a copy "
+            "of the online one"
+        )
+    elif held:
+        notes.append(
+            f"dropped {held[0]} (the release holds only this momentum network); the target network is a copy of the online one"
+        )
+    else:
+        notes.append("no momentum networks in the release; the target network is a copy of the online one")
+    return "online copy"
+
+
 def import_checkpoint(
     config: Config, run: RunDir, *, stop: Any = None, resume: bool = True
 ) -> dict[str, Any]:
@@ -423,7 +841,16 @@ def import_checkpoint(
     seed_everything(config.seed)  # a head that is not imported starts from a seeded initialisation
     task, info = import_pretext(config)
     path = run.checkpoints / "pretext.pt"
-    save_pretext(path, task, config, info["channels"], steps=0, projector=info["projector"], imported=info)
+    save_pretext(
+        path,
+        task,
+        config,
+        info["channels"],
+        steps=0,
+        projector=info["projector"],
+        target=info["target"],
+        imported=info,
+    )
     save_backbone(run.path / "backbone.pt", task.backbone, config, info["channels"], stage="import")
     summary = {"stage": "import", "pretext_checkpoint": str(path), **info}
     run.write_summary(summary)
@@ -432,7 +859,9 @@ def import_checkpoint(
     advice = (
         "; bilevel needs pretext.projector_warmup_steps > 0 with it" if info["projector"] == "absent" else ""
     )
+    target = f", target {info['target']}" if info["target"] is not None else ""
     say(
-        f"import done: {path} ({config.model.backbone}, {info['channels']} channels, projector {info['projector']}{advice})"
+        f"import done: {path} ({config.model.backbone}, {info['channels']} channels, projector "
+        f"{info['projector']}{target}{advice})"
     )
     return summary
