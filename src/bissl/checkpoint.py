@@ -135,8 +135,9 @@ def check_architecture(state: dict[str, Any], architecture: dict[str, Any], sour
                 f"trained on {architecture.get(key)}-channel images"
             )
         if saved.get(key) != architecture.get(key):
+            section = "data" if key == "image_size" else "model"
             raise CheckpointError(
-                f"checkpoint '{source}' has model.{key}={saved.get(key)!r} but the config says "
+                f"checkpoint '{source}' has {section}.{key}={saved.get(key)!r} but the config says "
                 f"{architecture.get(key)!r}; use a matching config or checkpoint"
             )
 

@@ -24,6 +24,7 @@ from bissl.checkpoint import require_file
 from bissl.config import Config, StudyArm, StudyConfig, apply_overrides, config_from_dict, to_dict
 from bissl.errors import ConfigError
 from bissl.eval.stats import compare_to_reference, holm, paired_comparison, summarize
+from bissl.models import uses_batchnorm
 from bissl.parts import TIMINGS_FILE, Parts, read_summary, read_timings, relative_to_run
 from bissl.report.schema import (
     RESULTS_FILE,
@@ -233,13 +234,17 @@ def arm_order(study: StudyConfig) -> list[StudyArm]:
 
 def run_bn_control(parts: Parts, config: Config, seed: int, pretext: str) -> None:
     """The reference backbone with BatchNorm statistics recalibrated on downstream data by the head warm-up
-    (what BiSSL's warm-up does to them), probed frozen; only for a pretrained reference without a BiSSL stage."""
+    (what BiSSL's warm-up does to them), probed frozen; only for a pretrained reference without a BiSSL stage,
+    and only for a backbone with BatchNorm (a ViT comes out of the warm-up unchanged: the control would repeat
+    the reference's own probe)."""
     from bissl.train.warmup import warmup
 
     reference = _reference_arm(config.study)
     if reference.init != "pretrained" or reference.bilevel:
         return
     resolved = arm_config(config, reference, seed=seed, pretext=pretext)
+    if not uses_batchnorm(resolved.model.backbone):
+        return
     source = pretext
     if reference.extra_pretext:
         extra = parts.root / "arms" / reference.name / f"seed-{seed}" / "extra-pretext"

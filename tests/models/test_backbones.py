@@ -55,8 +55,8 @@ def test_a_saved_backbone_loads_into_a_fresh_one() -> None:
 
 
 def test_unknown_backbone_and_stem_name_the_allowed_values() -> None:
-    with pytest.raises(ValueError, match=r"model.backbone='vit'.*" + re.escape(", ".join(BACKBONES))):
-        build_backbone("vit")
+    with pytest.raises(ValueError, match=r"model.backbone='vit_huge'.*" + re.escape(", ".join(BACKBONES))):
+        build_backbone("vit_huge")
     with pytest.raises(ValueError, match=r"model.stem='tiny'.*imagenet, small"):
         build_backbone("resnet18", stem="tiny")
 

@@ -3,6 +3,7 @@
 from bissl.bilevel.hvp import (
     HVP_MODES,
     HessianVectorOperator,
+    differentiable_attention,
     flat_parameters,
     frozen_bn_stats,
     hessian_vector_operator,
@@ -18,6 +19,7 @@ __all__ = [
     "SolveResult",
     "UpperGradients",
     "cg",
+    "differentiable_attention",
     "exact",
     "flat_parameters",
     "frozen_bn_stats",

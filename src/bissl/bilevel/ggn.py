@@ -12,7 +12,8 @@ J v = ∂⟨g(u), v⟩/∂u. Then Jᵀ (∇²ℓ J v) is one more reverse pass t
 - ``"recompute"``: the forward pass and g(u) are rebuilt at every product.
 
 BatchNorm layers of ``modules`` run on batch statistics and their running statistics stay untouched,
-as for the Hessian operators (``update_bn_stats=True`` restores the reference's side effect).
+as for the Hessian operators (``update_bn_stats=True`` restores the reference's side effect); attention
+runs on the math kernel while graphs are built and differentiated, as there (``differentiable_attention``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bissl.bilevel.hvp import HessianVectorOperator, Vectors, untracked_bn_stats
+from bissl.bilevel.hvp import HessianVectorOperator, Vectors, differentiable_attention, untracked_bn_stats
 
 OuterHVP = Callable[[Tensor], Tensor]
 SplitFn = Callable[[], tuple[Tensor, OuterHVP]]
@@ -91,7 +92,8 @@ class GaussNewtonOperator(HessianVectorOperator):
             self._graph = self._build(track_stats=False)
 
     def _build(self, *, track_stats: bool) -> _OutputGraph:
-        with torch.enable_grad():
+        """The forward and g(u) on the math attention kernel: both are differentiated again."""
+        with torch.enable_grad(), differentiable_attention():
             if track_stats:
                 outputs, outer_hvp = self.split_fn()
             else:

@@ -12,6 +12,12 @@ The Hessian batch, θ_P and φ_P stay fixed during an upper phase, so ``H`` is o
 
 BatchNorm layers of ``modules`` use batch statistics as usual in train mode, but their running
 statistics are left untouched unless ``update_bn_stats=True`` restores the reference's side effect.
+
+Attention (``F.scaled_dot_product_attention``, as in timm's ViTs) runs on the math kernel inside every
+forward that builds a graph to be differentiated twice, and inside every product
+(``differentiable_attention``): the fused kernels (flash, memory-efficient, cuDNN, and the CPU flash
+kernel) have backward passes without derivatives of their own, nor forward-mode derivatives
+(docs/vit.md). Everywhere else the fastest kernel is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bissl.models.batchnorm import batch_norm_layers, untracked_bn_stats
 
@@ -29,6 +36,21 @@ LossFn = Callable[[], Tensor]
 
 HVP_MODES = ("recompute", "reuse", "forward-over-reverse")
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@contextmanager
+def differentiable_attention() -> Iterator[None]:
+    """Scaled-dot-product attention on the math kernel inside, whatever the device and dtype.
+
+    The math kernel is attention written in differentiable operations, so a graph built through it can be
+    differentiated again (reverse over reverse) and traced forward-mode (``torch.func.jvp``). PyTorch's
+    fused kernels cannot: their backward operations have no derivative formulas (double backward raises
+    "derivative for aten::_scaled_dot_product_*_backward is not implemented") and they have no forward-mode
+    rule. The selection is PyTorch's process-wide SDPA flags, set on entry and restored on exit, so code
+    outside (training forwards) keeps the fastest kernel. A no-op for models without attention.
+    """
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 @contextmanager
@@ -111,7 +133,8 @@ class HessianVectorOperator:
         """H v for a tuple ``v`` shaped like ``params``; the result is detached."""
         vectors = self._check(vectors)
         self.products += 1
-        return tuple(product.detach() for product in self._product(vectors))
+        with differentiable_attention():
+            return tuple(product.detach() for product in self._product(vectors))
 
     def _product(self, vectors: Vectors) -> Vectors:
         raise NotImplementedError
@@ -165,7 +188,7 @@ class ReuseHVP(HessianVectorOperator):
         super().__init__(loss_fn, params, modules=modules, update_bn_stats=update_bn_stats)
         if update_bn_stats:
             self._update_stats_once()
-        with torch.enable_grad(), untracked_bn_stats(*self.modules):
+        with torch.enable_grad(), untracked_bn_stats(*self.modules), differentiable_attention():
             grads = torch.autograd.grad(self.loss_fn(), self.params, create_graph=True, allow_unused=True)
         self._grads: Vectors | None = _zeros_for_unused(grads, self.params)
 

@@ -62,8 +62,10 @@ class DataConfig:
 class ModelConfig:
     """The backbone architecture shared by every stage."""
 
-    backbone: Literal["small_resnet", "resnet18", "resnet34", "resnet50"] = "small_resnet"
-    """Backbone: a small ResNet for CPUs or a torchvision ResNet (classifier removed)."""
+    backbone: Literal[
+        "small_resnet", "resnet18", "resnet34", "resnet50", "vit", "vit_tiny", "vit_small", "vit_base"
+    ] = "small_resnet"
+    """Backbone: a small ResNet for CPUs, a torchvision ResNet (classifier removed), or a timm Vision Transformer: vit (shaped by the vit_* keys), vit_tiny (192 wide, 3 heads, 12 deep), vit_small (384, 6, 12), vit_base (768, 12, 12); docs/vit.md."""
     stem: Literal["imagenet", "small"] = "small"
     """Torchvision ResNets only: the 7x7/2 convolution + max-pool (imagenet) or a 3x3/1 convolution (small images)."""
     width: int = field(default=16, metadata=COUNT)
@@ -72,6 +74,18 @@ class ModelConfig:
     """small_resnet only: residual blocks per stage."""
     sync_bn: bool = False
     """Synchronise BatchNorm statistics across processes (SyncBatchNorm) in multi-process runs."""
+    vit_patch_size: int = field(default=16, metadata=COUNT)
+    """ViTs only: side in pixels of the square patches; data.image_size must be a multiple of it."""
+    vit_depth: int = field(default=12, metadata=COUNT)
+    """vit only: transformer blocks (the named sizes fix it)."""
+    vit_width: int = field(default=192, metadata=COUNT)
+    """vit only: embedding width, a multiple of vit_heads (the named sizes fix it)."""
+    vit_heads: int = field(default=3, metadata=COUNT)
+    """vit only: attention heads per block (the named sizes fix it)."""
+    vit_mlp_ratio: float = field(default=4.0, metadata=POSITIVE)
+    """ViTs only: hidden width of each block's MLP as a multiple of the embedding width."""
+    vit_pool: Literal["cls", "mean"] = "cls"
+    """ViTs only: the feature is the final-norm CLS token (cls, as DINO) or the mean of the final-norm patch tokens (mean)."""
 
 
 @dataclass
@@ -200,7 +214,7 @@ class WarmupConfig:
     batch_size: int = field(default=256, metadata=COUNT)
     """Labelled images per step."""
     backbone_bn_mode: Literal["train", "eval"] = "train"
-    """BatchNorm mode of the frozen backbone: train adapts its statistics to the downstream data, as the reference does."""
+    """BatchNorm mode of the frozen backbone: train adapts its statistics to the downstream data, as the reference does (no effect on a ViT: no BatchNorm)."""
 
 
 @dataclass
@@ -269,7 +283,7 @@ class BilevelConfig:
     eval_every: int = field(default=0, metadata=at_least(0, "0: never"))
     """Alternations between validation evaluations of the upper backbone and head (0: never)."""
     upper_bn: Literal["refresh", "running"] = "refresh"
-    """BatchNorm statistics of the upper backbone for validation and upper_backbone.pt: refresh (recomputed by one pass over the downstream training split at the current weights) or running (the averages the upper steps left, which trail the weights)."""
+    """BatchNorm statistics of the upper backbone for validation and upper_backbone.pt: refresh (recomputed by one pass over the downstream training split at the current weights) or running (the averages the upper steps left, which trail the weights); a ViT has none to refresh."""
     checkpoint_every: int = field(default=10, metadata=COUNT)
     """Alternations between checkpoints."""
     lower_lars_exclude_bias_norm: bool | None = None
@@ -429,7 +443,7 @@ class StudyConfig:
     """One run of every arm per seed; the seed sets ``seed`` after pretraining (warm-up, BiSSL stage,
     search, and fine-tuning seeds seed, seed + 1, …)."""
     bn_control: bool = True
-    """Also probe the reference backbone with BatchNorm statistics recalibrated by the head warm-up."""
+    """Also probe the reference backbone with BatchNorm statistics recalibrated by the head warm-up (skipped for a backbone without BatchNorm: the ViTs)."""
     shared_hyperparameters: bool = False
     """Also fine-tune every other arm at the setting the reference arm's search chose at the same pipeline seed (folder finetune-shared): the backbone's effect without its own search's luck."""
     primary_arm: str | None = None

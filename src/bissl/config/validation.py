@@ -113,10 +113,28 @@ def _validate_curvature(b: BilevelConfig) -> None:
     )
 
 
+def _validate_vit(config: Config) -> None:
+    """A ViT backbone: its width splits into whole heads, its image into whole patches."""
+    m = config.model
+    if not m.backbone.startswith("vit"):
+        return
+    _check(
+        m.backbone != "vit" or m.vit_width % m.vit_heads == 0,
+        f"config key 'model.vit_width' ({m.vit_width}) must be a multiple of model.vit_heads ({m.vit_heads})",
+    )
+    size, patch = config.data.image_size, m.vit_patch_size
+    _check(
+        size % patch == 0,
+        f"config key 'data.image_size' ({size}) must be a multiple of model.vit_patch_size ({patch}) "
+        f"with model.backbone={m.backbone}; pick a patch size that divides it",
+    )
+
+
 def validate(config: Config) -> None:
     """Every value against its field's declared range, then list shapes and cross-field rules."""
     _check_ranges(config)
     _check_shapes(config)
+    _validate_vit(config)
     _validate_curvature(config.bilevel)
     _check(
         not (config.pretext.method == "vicreg" and config.bilevel.curvature == "ggn"),

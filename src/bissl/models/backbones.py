@@ -1,8 +1,10 @@
-"""Backbones: torchvision ResNets (ImageNet or small-image stem) and a small ResNet for CPUs.
+"""Backbones: torchvision ResNets (ImageNet or small-image stem), a small ResNet for CPUs, and Vision
+Transformers (timm's ``VisionTransformer``).
 
 Every backbone maps images (N, C, H, W) to features (N, D) and exposes ``feature_dim``.
 Its ``state_dict`` has no wrapper keys, so a saved lower backbone loads with ``load_state_dict``
-into a freshly built backbone of the same name.
+into a freshly built backbone of the same name; a ViT's keys are timm's (``cls_token``, ``pos_embed``,
+``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ..., ``norm.weight``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-BACKBONES = ("small_resnet", "resnet18", "resnet34", "resnet50")
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_tiny": (12, 192, 3),
+    "vit_small": (12, 384, 6),
+    "vit_base": (12, 768, 12),
+}
+"""Named ViT sizes: depth, width (embedding dimension), attention heads."""
+VIT_BACKBONES = ("vit", *VIT_SIZES)
+VIT_POOLS = ("cls", "mean")
+BACKBONES = ("small_resnet", "resnet18", "resnet34", "resnet50", *VIT_BACKBONES)
 STEMS = ("imagenet", "small")
 
 
@@ -100,6 +110,70 @@ class TorchvisionResNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
+def vit_shape(name: str, depth: int, width: int, heads: int) -> tuple[int, int, int]:
+    """Depth, width and heads of the ViT ``name``: a named size fixes them, ``"vit"`` takes the ones given."""
+    if name in VIT_SIZES:
+        return VIT_SIZES[name]
+    if name != "vit":
+        raise ValueError(f"model.backbone={name!r} is not one of {', '.join(VIT_BACKBONES)}")
+    return depth, width, heads
+
+
+def build_vit(
+    *,
+    image_size: int,
+    patch_size: int,
+    depth: int,
+    width: int,
+    heads: int,
+    mlp_ratio: float = 4.0,
+    in_channels: int = 3,
+    pool: str = "cls",
+) -> nn.Module:
+    """timm's ``VisionTransformer`` without a classifier (``num_classes=0``), returning the final-norm CLS
+    token (``pool="cls"``, as DINO) or the mean of the final-norm patch tokens (``pool="mean"``).
+
+    The module is timm's own, so its ``state_dict`` keys are timm's and DINO or timm checkpoints map onto
+    it. The final LayerNorm is ``norm`` for both pools (timm's ``fc_norm`` is switched off), so the keys do
+    not depend on the pool. Every attention layer calls ``F.scaled_dot_product_attention`` (timm's fused
+    path, set on each layer whatever timm's global default): the fastest kernel in training, and the math
+    kernel where a scope asks for it (``bissl.bilevel.hvp.differentiable_attention``). No dropout, no
+    stochastic depth: forward passes are deterministic, as Hessian-vector products need.
+    """
+    if pool not in VIT_POOLS:
+        raise ValueError(f"model.vit_pool={pool!r} is not one of {', '.join(VIT_POOLS)}")
+    if width % heads:
+        raise ValueError(f"ViT width {width} is not divisible by its {heads} heads")
+    if image_size % patch_size:
+        raise ValueError(f"image size {image_size} is not divisible by the ViT patch size {patch_size}")
+    from timm.models.vision_transformer import VisionTransformer
+
+    net: Any = VisionTransformer(
+        img_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_channels,
+        num_classes=0,
+        global_pool="token" if pool == "cls" else "avg",
+        fc_norm=False,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+    )
+    for module in net.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = True
+    net.feature_dim = width
+    built: nn.Module = net
+    return built
+
+
+def uses_batchnorm(name: str) -> bool:
+    """Whether the backbone ``name`` has BatchNorm layers (the ResNets) or none (the ViTs: LayerNorm, which
+    keeps no running statistics)."""
+    return name not in VIT_BACKBONES
+
+
 def build_backbone(
     name: str,
     *,
@@ -107,8 +181,33 @@ def build_backbone(
     stem: str = "imagenet",
     width: int = 16,
     blocks: tuple[int, ...] | list[int] = (1, 1, 1),
+    image_size: int | None = None,
+    vit_patch_size: int = 16,
+    vit_depth: int = 12,
+    vit_width: int = 192,
+    vit_heads: int = 3,
+    vit_mlp_ratio: float = 4.0,
+    vit_pool: str = "cls",
 ) -> nn.Module:
-    """Build a backbone by name (see ``BACKBONES``); raises ValueError naming the allowed values."""
+    """Build a backbone by name (see ``BACKBONES``); raises ValueError naming the allowed values.
+
+    ``width`` and ``blocks`` shape ``small_resnet``, ``stem`` the torchvision ResNets; the ``vit_*``
+    arguments and ``image_size`` (required) a ViT, whose named sizes fix depth, width and heads.
+    """
+    if name in VIT_BACKBONES:
+        if image_size is None:
+            raise ValueError(f"model.backbone={name} needs the image size (data.image_size)")
+        depth, vit_width, heads = vit_shape(name, vit_depth, vit_width, vit_heads)
+        return build_vit(
+            image_size=image_size,
+            patch_size=vit_patch_size,
+            depth=depth,
+            width=vit_width,
+            heads=heads,
+            mlp_ratio=vit_mlp_ratio,
+            in_channels=in_channels,
+            pool=vit_pool,
+        )
     if name == "small_resnet":
         return SmallResNet(in_channels=in_channels, width=width, blocks=tuple(blocks))
     if name in ("resnet18", "resnet34", "resnet50"):
