@@ -492,37 +492,56 @@ def test_head_that_does_not_fit_names_the_key_and_the_setting(tmp_path: Path) ->
     )
 
 
-def test_lightly_output_batchnorm_is_named(tmp_path: Path) -> None:
-    """lightly's SimCLRProjectionHead with batch_norm=True ends in an affine BatchNorm that no bissl SimCLR head
-    has; MoCoProjectionHead(batch_norm=True) loads into MoCo v3's affine-free one only while its affine
-    parameters are still the identity."""
-    head = SimCLRProjectionHead(512, 16, 8)
-    path = _save_lightly(_lightly_model("simclr", {"projection_head": head}), tmp_path / "simclr.ckpt")
+def _same_head(task_head: nn.Module, lightly_head: nn.Module) -> None:
+    """lightly's ``layers.N`` tensors equal the bissl head's ``N`` tensors bit for bit."""
+    mine = task_head.state_dict()
+    for key, value in lightly_head.state_dict().items():
+        assert torch.equal(mine[key.removeprefix("layers.")], value), key
+
+
+def test_lightly_output_batchnorm_needs_head_output_bn_and_then_imports(tmp_path: Path) -> None:
+    """lightly's default SimCLRProjectionHead (batch_norm=True) ends in an affine BatchNorm: refused with the
+    setting that builds it, then imported bit for bit with pretext.head_output_bn=true."""
+    model = _lightly_model("simclr", {"projection_head": SimCLRProjectionHead(512, 16, 8)})
+    path = _save_lightly(model, tmp_path / "simclr.ckpt")
     message = _refusal(path, "lightly")
     assert "(512-16-8 with BatchNorm, ending in BatchNorm)" in message
     assert (
         "projection_head.layers.4.weight: checkpoint [8] (BatchNorm1d(8)), which the configured projector lacks"
         in message
     )
+    assert "pretext.head_output_bn=true" in message
+    task, info = import_pretext(_config("lightly", path, "pretext.head_output_bn=true"))
+    assert info["projector"] == "imported"
+    _same_head(task.head, model.projection_head)
+
+
+def test_lightly_moco_head_with_trained_affine_batchnorm(tmp_path: Path) -> None:
+    """MoCoProjectionHead(batch_norm=True) loads into MoCo v3's affine-free output BatchNorm only while its
+    affine parameters are the identity; trained ones need pretext.head_output_bn=true, and then load."""
     heads = _lightly_heads("mocov3")
     heads["projection_head"] = MoCoProjectionHead(512, 16, 8, batch_norm=True)
     heads["projection_head_momentum"] = MoCoProjectionHead(512, 16, 8, batch_norm=True)
     model = _lightly_model("mocov3", heads)
     path = _save_lightly(model, tmp_path / "moco.ckpt")
-    message = _refusal(path, "lightly", "pretext.method=mocov3", "pretext.head_output_bias=false")
+    settings = ("pretext.method=mocov3", "pretext.head_output_bias=false")
+    message = _refusal(path, "lightly", *settings)
     assert (
         "projection_head.layers.4.weight and .bias: the checkpoint's BatchNorm has trained affine parameters"
         in message
     )
+    assert "pretext.head_output_bn=true" in message
+    task, info = import_pretext(_config("lightly", path, *settings, "pretext.head_output_bn=true"))
+    assert info["projector"] == "imported" and info["target"] == "imported"
+    head = typing.cast(nn.ModuleDict, task.head)
+    _same_head(head["projector"], model.projection_head)
     with torch.no_grad():
         for name in ("projection_head", "projection_head_momentum"):
             norm = getattr(model, name).layers[4]
             norm.weight.fill_(1.0)
             norm.bias.zero_()
     path = _save_lightly(model, tmp_path / "moco.ckpt")
-    _, info = import_pretext(
-        _config("lightly", path, "pretext.method=mocov3", "pretext.head_output_bias=false")
-    )
+    _, info = import_pretext(_config("lightly", path, *settings))
     assert info["projector"] == "imported" and info["target"] == "imported"
 
 

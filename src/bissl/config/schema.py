@@ -125,6 +125,8 @@ class PretextConfig:
     """Projector and predictor (every method): hidden Linear layers carry a bias (cancelled by their BatchNorm in training mode; the authors' code has one)."""
     head_output_bias: bool = True
     """Projector and predictor (every method): the output Linear layer carries a bias (the authors' has none; MoCo v3's projector never has one, its output BatchNorm would cancel it)."""
+    head_output_bn: bool = False
+    """Projector (every method): end in a BatchNorm with affine parameters (SimCLR v2's projector, lightly's default SimCLR and MoCo heads); MoCo v3's projector ends in a BatchNorm either way, affine only with this set."""
     head_hidden_bn: bool = True
     """Projector and predictor (every method): a BatchNorm after each hidden Linear layer (false: Linear-ReLU, as solo-learn's and lightly's SimCLR projectors without batch norm; set head_hidden_bias=true with it)."""
     projector_warmup_steps: int = field(default=0, metadata=at_least(0, "0: off"))

@@ -14,13 +14,16 @@ def mlp(
     hidden_bias: bool = False,
     output_bias: bool = True,
     hidden_bn: bool = True,
+    last_bn_affine: bool = False,
 ) -> nn.Sequential:
-    """Linear-BN-ReLU for every hidden layer, then a linear output (optionally BN without affine).
+    """Linear-BN-ReLU for every hidden layer, then a linear output (optionally followed by BN, without affine
+    parameters unless ``last_bn_affine``).
 
     With ``hidden_dims=(256, 256)`` and ``out_dim=256`` this is the 256-256-256 projector of docs/method.md: Published settings. A hidden
     Linear bias (``hidden_bias``) is cancelled by the BatchNorm behind it in training mode; the authors' code
     has one, and no output bias (``output_bias=False``). ``hidden_bn=False`` leaves the hidden BatchNorm out
-    (Linear-ReLU, as solo-learn's SimCLR projector).
+    (Linear-ReLU, as solo-learn's SimCLR projector). ``last_bn`` with ``last_bn_affine`` ends in an affine
+    BatchNorm (SimCLR v2's projector, lightly's default SimCLR and MoCo heads).
     """
     layers: list[nn.Module] = []
     previous = in_dim
@@ -32,7 +35,7 @@ def mlp(
         previous = hidden
     layers.append(nn.Linear(previous, out_dim, bias=output_bias and not last_bn))
     if last_bn:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(nn.BatchNorm1d(out_dim, affine=last_bn_affine))
     return nn.Sequential(*layers)
 
 

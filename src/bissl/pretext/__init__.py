@@ -30,6 +30,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            output_bn=config.head_output_bn,
         )
     if config.method == "byol":
         return BYOL(
@@ -43,6 +44,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            output_bn=config.head_output_bn,
         )
     if config.method == "vicreg":
         return VICReg(
@@ -56,6 +58,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            output_bn=config.head_output_bn,
         )
     if config.method == "barlow_twins":
         return BarlowTwins(
@@ -67,6 +70,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            output_bn=config.head_output_bn,
         )
     if config.method == "mocov3":
         return MoCoV3(
@@ -81,6 +85,7 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            output_bn=config.head_output_bn,
         )
     raise ValueError(f"unknown pretext method {config.method!r}; one of {', '.join(PRETEXT_TASKS)}")
 

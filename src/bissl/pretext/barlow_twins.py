@@ -61,6 +61,7 @@ class BarlowTwins(PretextTask):
         hidden_bias: bool = False,
         output_bias: bool = True,
         hidden_bn: bool = True,
+        output_bn: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -71,6 +72,8 @@ class BarlowTwins(PretextTask):
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            last_bn=output_bn,
+            last_bn_affine=output_bn,
         )
         self.redundancy_weight = redundancy_weight
 

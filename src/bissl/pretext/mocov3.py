@@ -61,11 +61,19 @@ class MoCoV3(MomentumTask):
         hidden_bias: bool = False,
         output_bias: bool = True,
         hidden_bn: bool = True,
+        output_bn: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         biases = {"hidden_bias": hidden_bias, "output_bias": output_bias, "hidden_bn": hidden_bn}
-        projector = mlp(feature_dim, tuple(projector_hidden), projector_dim, last_bn=True, **biases)
+        projector = mlp(
+            feature_dim,
+            tuple(projector_hidden),
+            projector_dim,
+            last_bn=True,
+            last_bn_affine=output_bn,
+            **biases,
+        )
         predictor = mlp(projector_dim, tuple(predictor_hidden), projector_dim, **biases)
         self.head = nn.ModuleDict({"projector": projector, "predictor": predictor})
         self.temperature = temperature

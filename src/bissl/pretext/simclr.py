@@ -76,6 +76,7 @@ class SimCLR(PretextTask):
         hidden_bias: bool = False,
         output_bias: bool = True,
         hidden_bn: bool = True,
+        output_bn: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -86,6 +87,8 @@ class SimCLR(PretextTask):
             hidden_bias=hidden_bias,
             output_bias=output_bias,
             hidden_bn=hidden_bn,
+            last_bn=output_bn,
+            last_bn_affine=output_bn,
         )
         self.temperature = temperature
 

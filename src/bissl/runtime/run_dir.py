@@ -38,6 +38,7 @@ WEIGHT_SHAPING_KEYS = (
     "pretext.head_hidden_bias",
     "pretext.head_output_bias",
     "pretext.head_hidden_bn",
+    "pretext.head_output_bn",
     "data.pretext",
     "data.downstream",
     "data.channels",

@@ -469,6 +469,13 @@ def _hidden_bn(layers: list[_Layer]) -> bool:
     return any(layer.kind == "bn" for layer in layers[:last_linear])
 
 
+def _output_bn(layers: list[_Layer]) -> str:
+    """How an MLP ends: ``none`` (a Linear layer), ``plain`` (BatchNorm without affine) or ``affine``."""
+    if not layers or layers[-1].kind != "bn":
+        return "none"
+    return "affine" if "weight" in layers[-1].tensors else "plain"
+
+
 def _shape(layers: list[_Layer]) -> str:
     widths = _linear_widths(layers)
     if not widths:
@@ -547,8 +554,10 @@ def map_mlp(
             fix = _width_fix(role, theirs, mine)
         elif _hidden_bn(theirs) != _hidden_bn(mine):
             fix = f"set pretext.head_hidden_bn={str(_hidden_bn(theirs)).lower()}"
+        elif _output_bn(theirs) != _output_bn(mine):
+            fix = f"set pretext.head_output_bn={str(_output_bn(theirs) == 'affine').lower()}"
         else:
-            fix = ""  # an output BatchNorm that no pretext.* setting adds or removes
+            fix = ""
         raise _misfit(what, theirs, mine, problem, fix, hint)
     out: dict[str, Tensor] = {}
     carried_bias: Tensor | None = None
@@ -580,7 +589,7 @@ def map_mlp(
                         f"{prefix}{layer.index}.weight and .bias: the checkpoint's BatchNorm has trained affine "
                         f"parameters, the configured {what}'s BatchNorm has none"
                     )
-                    raise _misfit(what, theirs, mine, problem, "", hint)
+                    raise _misfit(what, theirs, mine, problem, "set pretext.head_output_bn=true", hint)
             for name, value in slot.tensors.items():
                 if name in layer.tensors:
                     out[f"{slot.index}.{name}"] = layer.tensors[name]
