@@ -78,7 +78,8 @@ class BarlowTwins(PretextTask):
         self.redundancy_weight = redundancy_weight
 
     def _embeddings(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z1, z2 = self.head(self.backbone(torch.cat([view1, view2]))).chunk(2)
+        # each view in a batch of its own (its BatchNorm statistics), as the official code runs them
+        z1, z2 = self.head(self.backbone(view1)), self.head(self.backbone(view2))
         return z1, z2
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:

@@ -82,11 +82,10 @@ class MoCoV3(MomentumTask):
     def _queries_and_keys(
         self, view1: torch.Tensor, view2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        both = torch.cat([view1, view2])
+        # each view in a batch of its own (its BatchNorm statistics), as the official code runs them
         projector, predictor = self._part("projector"), self._part("predictor")
-        q1, q2 = predictor(projector(self.backbone(both))).chunk(2)
-        k1, k2 = self.target_outputs(both).chunk(2)
-        return q1, q2, k1, k2
+        q1, q2 = (predictor(projector(self.backbone(view))) for view in (view1, view2))
+        return q1, q2, self.target_outputs(view1), self.target_outputs(view2)
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         return mocov3_loss(*self._queries_and_keys(view1, view2), self.temperature)

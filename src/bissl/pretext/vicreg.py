@@ -89,7 +89,8 @@ class VICReg(PretextTask):
         self.covariance = covariance
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.head(self.backbone(torch.cat([view1, view2]))).chunk(2)
+        # each view in a batch of its own (its BatchNorm statistics), as the official code runs them
+        z1, z2 = self.head(self.backbone(view1)), self.head(self.backbone(view2))
         return vicreg_loss(z1, z2, self.invariance, self.variance, self.covariance)
 
     def gauss_newton_split(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, OuterLoss]:
