@@ -17,7 +17,7 @@ from bissl.bilevel.hvp import (
 from bissl.bilevel.spectrum import flatten, unflatten
 from bissl.config import PretextConfig
 from bissl.models.backbones import build_backbone, feature_dim
-from bissl.pretext import PRETEXT_TASKS, DINO, MoCoV3, PretextTask, build_pretext
+from bissl.pretext import DINO, PRETEXT_TASKS, MoCoV3, PretextTask, build_pretext
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -113,7 +113,9 @@ def test_reuse_operator_equals_the_dense_hessian(method: str, backbone: str) -> 
 
 
 @pytest.mark.parametrize("mode", ["reuse", "recompute", "forward-over-reverse"])
-@pytest.mark.parametrize(("method", "parts"), [("mocov3", {"backbone", "head", "target"}), ("dino", {"backbone", "target"})])
+@pytest.mark.parametrize(
+    ("method", "parts"), [("mocov3", {"backbone", "head", "target"}), ("dino", {"backbone", "target"})]
+)
 def test_products_leave_the_momentum_target_and_every_running_statistic_unchanged(
     mode: str, method: str, parts: set[str]
 ) -> None:

@@ -202,4 +202,6 @@ def test_local_crops_are_refused_in_one_line() -> None:
         load_config(None, ["pretext.method=dino", "pretext.dino_local_crops=2"])
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("config key 'pretext.dino_local_crops' must be 0 (multi-crop is not implemented")
+    assert message.startswith(
+        "config key 'pretext.dino_local_crops' must be 0 (multi-crop is not implemented"
+    )

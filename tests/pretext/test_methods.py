@@ -10,7 +10,7 @@ from torch import nn
 from bissl.config import PretextConfig
 from bissl.models import build_backbone, feature_dim
 from bissl.models.heads import DINOHead, WeightNormLinear
-from bissl.pretext import DINO, BYOL, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg, build_pretext
+from bissl.pretext import BYOL, DINO, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg, build_pretext
 
 CLASSES = {
     "simclr": SimCLR,

@@ -138,7 +138,8 @@ class PretextConfig:
     dino_momentum: float = field(default=0.996, metadata=PROBABILITY)
     """DINO: decay of the teacher (momentum copy of backbone and head) at the start of each stage, raised to 1 along a half cosine."""
     dino_local_crops: int = field(
-        default=0, metadata=one_of(0, note="multi-crop is not implemented: the pretext data gives two global views")
+        default=0,
+        metadata=one_of(0, note="multi-crop is not implemented: the pretext data gives two global views"),
     )
     """DINO: small local crops per image besides the two global views; only 0 (multi-crop is not implemented, docs/pretext.md)."""
     head_hidden_bias: bool = False
