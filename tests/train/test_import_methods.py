@@ -615,7 +615,9 @@ def test_a_dino_run_imports_a_backbone_alone(tmp_path: Path) -> None:
     resnet = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"
     torch.save(resnet.state_dict(), path)
-    task, info = import_pretext(_config("torchvision", path, "pretext.method=dino", "pretext.dino_out_dim=16"))
+    task, info = import_pretext(
+        _config("torchvision", path, "pretext.method=dino", "pretext.dino_out_dim=16")
+    )
     assert info["projector"] == "absent" and info["target"] == "online copy"
     own = task.state_dict()
     assert torch.equal(own["backbone.conv1.weight"], resnet.state_dict()["conv1.weight"])
