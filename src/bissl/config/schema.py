@@ -90,11 +90,11 @@ class ModelConfig:
 
 @dataclass
 class PretextConfig:
-    """The self-supervised task (docs/method.md, Pipeline; docs/pretext.md): SimCLR, BYOL, VICReg, Barlow Twins
-    or MoCo v3, each with an MLP projector."""
+    """The self-supervised task (docs/method.md, Pipeline; docs/pretext.md): SimCLR, BYOL, VICReg, Barlow Twins,
+    MoCo v3 or DINO, each with an MLP projector."""
 
-    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3"] = "simclr"
-    """Pretext task: SimCLR (contrastive), BYOL (predictor against an EMA target), VICReg (variance-invariance-covariance), Barlow Twins (cross-correlation to identity) or MoCo v3 (predictor against momentum keys, contrastive); docs/pretext.md."""
+    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3", "dino"] = "simclr"
+    """Pretext task: SimCLR (contrastive), BYOL (predictor against an EMA target), VICReg (variance-invariance-covariance), Barlow Twins (cross-correlation to identity), MoCo v3 (predictor against momentum keys, contrastive) or DINO (self-distillation against a momentum teacher's centred, sharpened outputs); docs/pretext.md."""
     temperature: float = field(default=0.5, metadata=POSITIVE)
     """SimCLR: temperature of the contrastive softmax."""
     projector_hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=COUNT)
@@ -121,6 +121,26 @@ class PretextConfig:
     """MoCo v3: decay of the momentum encoder at the start of training."""
     moco_momentum_schedule: Literal["cosine", "constant"] = "cosine"
     """MoCo v3: raise the momentum from moco_momentum to 1 along a half cosine over the training steps, or keep it constant."""
+    dino_out_dim: int = field(default=65536, metadata=COUNT)
+    """DINO: logits of the head's weight-normalised last layer (the prototypes); the MLP before it is projector_hidden then projector_dim (the bottleneck)."""
+    dino_norm_last_layer: bool = True
+    """DINO: fix the last layer's weight-norm scale at 1, so every prototype has unit norm (false: the scale is trained)."""
+    dino_student_temperature: float = field(default=0.1, metadata=POSITIVE)
+    """DINO: temperature τ_s of the student's softmax."""
+    dino_teacher_temperature: float = field(default=0.04, metadata=POSITIVE)
+    """DINO: temperature τ_t of the teacher's softmax after the warm-up (sharpening)."""
+    dino_warmup_teacher_temperature: float = field(default=0.04, metadata=POSITIVE)
+    """DINO: teacher temperature at the start of each stage, raised linearly to dino_teacher_temperature over dino_warmup_fraction of the stage's steps."""
+    dino_warmup_fraction: float = field(default=0.0, metadata=PROBABILITY)
+    """DINO: share of each stage's optimiser steps over which the teacher temperature warms up (0: no warm-up)."""
+    dino_center_momentum: float = field(default=0.9, metadata=PROBABILITY)
+    """DINO: decay m of the centre, c ← m·c + (1 − m)·(mean teacher output over the global batch), after each step."""
+    dino_momentum: float = field(default=0.996, metadata=PROBABILITY)
+    """DINO: decay of the teacher (momentum copy of backbone and head) at the start of each stage, raised to 1 along a half cosine."""
+    dino_local_crops: int = field(
+        default=0, metadata=one_of(0, note="multi-crop is not implemented: the pretext data gives two global views")
+    )
+    """DINO: small local crops per image besides the two global views; only 0 (multi-crop is not implemented, docs/pretext.md)."""
     head_hidden_bias: bool = False
     """Projector and predictor (every method): hidden Linear layers carry a bias (cancelled by their BatchNorm in training mode; the authors' code has one)."""
     head_output_bias: bool = True

@@ -12,13 +12,15 @@ from bissl.models.backbones import (
     vit_shape,
 )
 from bissl.models.batchnorm import batch_norm_layers, recompute_batchnorm_statistics
-from bissl.models.heads import linear_head, mlp
+from bissl.models.heads import DINOHead, WeightNormLinear, linear_head, mlp
 
 __all__ = [
     "BACKBONES",
+    "DINOHead",
     "VIT_BACKBONES",
     "VIT_POOLS",
     "VIT_SIZES",
+    "WeightNormLinear",
     "batch_norm_layers",
     "build_backbone",
     "build_vit",

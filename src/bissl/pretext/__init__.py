@@ -8,11 +8,12 @@ from bissl.config import PretextConfig
 from bissl.pretext.barlow_twins import BarlowTwins, barlow_twins_loss
 from bissl.pretext.base import PretextTask
 from bissl.pretext.byol import BYOL
+from bissl.pretext.dino import DINO, dino_loss
 from bissl.pretext.mocov3 import MoCoV3, mocov3_loss
 from bissl.pretext.simclr import SimCLR, nt_xent
 from bissl.pretext.vicreg import VICReg, vicreg_loss
 
-PRETEXT_TASKS = ("simclr", "byol", "vicreg", "barlow_twins", "mocov3")
+PRETEXT_TASKS = ("simclr", "byol", "vicreg", "barlow_twins", "mocov3", "dino")
 
 
 def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) -> PretextTask:
@@ -87,11 +88,27 @@ def build_pretext(config: PretextConfig, backbone: nn.Module, feature_dim: int) 
             hidden_bn=hidden_bn,
             output_bn=config.head_output_bn,
         )
+    if config.method == "dino":
+        return DINO(
+            backbone,
+            feature_dim,
+            projector_hidden=hidden,
+            projector_dim=dim,
+            out_dim=config.dino_out_dim,
+            norm_last_layer=config.dino_norm_last_layer,
+            student_temperature=config.dino_student_temperature,
+            teacher_temperature=config.dino_teacher_temperature,
+            warmup_teacher_temperature=config.dino_warmup_teacher_temperature,
+            warmup_fraction=config.dino_warmup_fraction,
+            center_momentum=config.dino_center_momentum,
+            momentum=config.dino_momentum,
+        )
     raise ValueError(f"unknown pretext method {config.method!r}; one of {', '.join(PRETEXT_TASKS)}")
 
 
 __all__ = [
     "BYOL",
+    "DINO",
     "PRETEXT_TASKS",
     "BarlowTwins",
     "MoCoV3",
@@ -100,6 +117,7 @@ __all__ = [
     "VICReg",
     "barlow_twins_loss",
     "build_pretext",
+    "dino_loss",
     "mocov3_loss",
     "nt_xent",
     "vicreg_loss",
