@@ -68,7 +68,7 @@ def _add_import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
     parser.add_argument(
         "--method",
-        metavar="{simclr,byol,vicreg,barlow_twins,mocov3}",
+        metavar="{simclr,byol,vicreg,barlow_twins,mocov3,dino}",
         help="the method that trained the checkpoint, where the file does not say (imported.method; it must "
         "be pretext.method)",
     )

@@ -138,7 +138,8 @@ class PretextConfig:
     dino_momentum: float = field(default=0.996, metadata=PROBABILITY)
     """DINO: decay of the teacher (momentum copy of backbone and head) at the start of each stage, raised to 1 along a half cosine."""
     dino_local_crops: int = field(
-        default=0, metadata=one_of(0, note="multi-crop is not implemented: the pretext data gives two global views")
+        default=0,
+        metadata=one_of(0, note="multi-crop is not implemented: the pretext data gives two global views"),
     )
     """DINO: small local crops per image besides the two global views; only 0 (multi-crop is not implemented, docs/pretext.md)."""
     head_hidden_bias: bool = False
@@ -416,10 +417,10 @@ class ImportConfig:
     """The checkpoint file (backbone weights, with the projector when the release holds one)."""
     head: str | None = None
     """bissl-reference only: the separate head file (projector, BYOL predictor) released beside the backbone."""
-    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3"] | None = None
+    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3", "dino"] | None = None
     """The method that trained the checkpoint, when the file does not say (lightly keys cannot tell SimCLR, VICReg and Barlow Twins apart); null: read from solo-learn's hyper-parameters or told from the keys. Must match pretext.method for the head to be imported."""
     projector: bool = True
-    """Import the release's projector (with the predictor and momentum networks of BYOL and MoCo v3) when it holds one that fits pretext.*; false takes the backbone alone and leaves the head untrained."""
+    """Import the release's projector (with the predictor and momentum networks of BYOL and MoCo v3; DINO's head, teacher and loss centre) when it holds one that fits pretext.*; false takes the backbone alone and leaves the head untrained."""
     trust_pickle: bool = False
     """Load a checkpoint that pickles Python objects besides tensors (Lightning hyper-parameters); only for files you trust."""
     resample_pos_embed: bool = True

@@ -16,10 +16,10 @@ from bissl.models.heads import DINOHead, WeightNormLinear, linear_head, mlp
 
 __all__ = [
     "BACKBONES",
-    "DINOHead",
     "VIT_BACKBONES",
     "VIT_POOLS",
     "VIT_SIZES",
+    "DINOHead",
     "WeightNormLinear",
     "batch_norm_layers",
     "build_backbone",

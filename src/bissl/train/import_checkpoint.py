@@ -791,6 +791,98 @@ def map_mlp(
     return {k: v.to(own[k].dtype) for k, v in out.items()}
 
 
+# The weight-normalised last layer of a DINO head: old-style ``weight_norm`` names, or those of
+# ``torch.nn.utils.parametrizations.weight_norm`` (original0 = g, original1 = v).
+_WEIGHT_NORM_NAMES = (
+    ("weight_g", "weight_v"),
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+)
+
+
+def _dino_mlp(source: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """The MLP of a DINO head state dict as an index-keyed sequential (``mlp.*`` of DINO's and solo-learn's
+    ``DINOHead``, ``layers.*`` of lightly's ``DINOProjectionHead``; a one-layer ``mlp`` is layer 0), and its
+    key prefix inside the head."""
+    for prefix in ("mlp.", "layers."):
+        inner = _under(source, prefix)
+        if inner:
+            if all("." not in k for k in inner):  # a single Linear layer: mlp.weight, mlp.bias
+                return {f"0.{k}": v for k, v in inner.items()}, prefix
+            return inner, prefix
+    return {}, "mlp."
+
+
+def map_dino_head(
+    source: dict[str, Tensor], target: nn.Module, what: str, hint: str, *, prefix: str = ""
+) -> dict[str, Tensor]:
+    """A DINO head from a file (MLP, then the weight-normalised ``last_layer``) as ``target``'s state dict
+    (bissl's ``DINOHead``: ``mlp.*``, ``last_layer.weight_g``, ``last_layer.weight_v``).
+
+    The MLP is matched layer by layer as ``map_mlp`` does (widths name ``pretext.projector_hidden`` and
+    ``projector_dim``, the bottleneck); a head with BatchNorm (``use_bn_in_head``, lightly's
+    ``batch_norm=True``) is refused, as bissl's DINO head has none. The last layer's ``weight_v`` must be
+    ``pretext.dino_out_dim`` × bottleneck, and trained scales ``weight_g`` need
+    ``pretext.dino_norm_last_layer=false``."""
+    own = target.state_dict()
+    mlp_state, mlp_prefix = _dino_mlp(source)
+    last = _under(source, "last_layer.")
+    names = next((pair for pair in _WEIGHT_NORM_NAMES if all(n in last for n in pair)), None)
+    if not mlp_state or names is None:
+        raise CheckpointError(
+            f"the {what} ({prefix}*) is not a DINO head (an MLP under mlp.* or layers.*, then last_layer.weight_g "
+            f"and last_layer.weight_v; found {_first(sorted(source))}); {hint}"
+        )
+    try:
+        layers = _layers(mlp_state)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"the {what} ({prefix}{mlp_prefix}*) is not a plain MLP ({exc}); {hint}"
+        ) from None
+    batchnorm = next((layer for layer in layers if layer.kind == "bn"), None)
+    if batchnorm is not None:
+        raise CheckpointError(
+            f"the {what} has BatchNorm layers ({batchnorm.key(prefix + mlp_prefix)}: DINO's use_bn_in_head), "
+            f"which bissl's DINO head does not have; {hint}"
+        )
+    mlp_module: Any = getattr(target, "mlp")  # noqa: B009
+    out = {
+        f"mlp.{k}": v
+        for k, v in map_mlp(mlp_state, mlp_module, what, hint, prefix=prefix + mlp_prefix).items()
+    }
+    scale, direction = last[names[0]], last[names[1]]
+    mine_v, mine_g = own["last_layer.weight_v"], own["last_layer.weight_g"]
+    key_v = f"{prefix}last_layer.{names[1]}"
+    if direction.shape != mine_v.shape:
+        fix = (
+            f"set pretext.dino_out_dim={direction.shape[0]}, or "
+            if direction.ndim == 2 and direction.shape[1] == mine_v.shape[1]
+            else ""
+        )
+        raise CheckpointError(
+            f"the {what}'s last layer does not fit the configured one: {key_v}: checkpoint "
+            f"{list(direction.shape)}, model {list(mine_v.shape)}; {fix}{hint}"
+        )
+    scale = scale.reshape(mine_g.shape)
+    trained_scale = any(name == "last_layer.weight_g" for name, _ in target.named_parameters())
+    if not trained_scale and not bool((scale == 1).all()):
+        raise CheckpointError(
+            f"{prefix}last_layer.{names[0]}: the checkpoint's {what} has trained prototype scales (DINO's "
+            f"norm_last_layer=False), the configured one fixes them at 1; set pretext.dino_norm_last_layer=false, or "
+            f"{hint}"
+        )
+    out |= {"last_layer.weight_g": scale, "last_layer.weight_v": direction}
+    return {k: v.to(own[k].dtype) for k, v in out.items()}
+
+
+def _map_head(
+    source: dict[str, Tensor], target: nn.Module, what: str, hint: str, *, prefix: str = ""
+) -> dict[str, Tensor]:
+    """A head from a file as ``target``'s state dict: a DINO head (``map_dino_head``) or an MLP (``map_mlp``)."""
+    if hasattr(target, "last_layer"):
+        return map_dino_head(source, target, what, hint, prefix=prefix)
+    return map_mlp(source, target, what, hint, prefix=prefix)
+
+
 def _named(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
@@ -930,6 +1022,7 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
     try:
         projector = _import_head(task, config, parts, notes)
         target = _import_target(task, config, parts, projector, notes, describe, hint)
+        _import_center(task, parts, projector, notes)
     except CheckpointError as exc:
         raise CheckpointError(f"{describe}: {exc}") from None
     info = {
@@ -1041,7 +1134,7 @@ def _import_head(task: PretextTask, config: Config, parts: SourceParts, notes: l
         if source is None:
             continue
         prefix = parts.prefixes.get(name, "")
-        module.load_state_dict(map_mlp(source, module, name, hint, prefix=prefix))
+        module.load_state_dict(_map_head(source, module, name, hint, prefix=prefix))
         loaded.append(name)
     missing = [name for name in wanted if name not in loaded]
     if missing:
@@ -1053,6 +1146,25 @@ def _import_head(task: PretextTask, config: Config, parts: SourceParts, notes: l
         return "absent"
     notes.append(f"imported the {' and '.join(loaded)}")
     return "imported"
+
+
+def _import_center(task: PretextTask, parts: SourceParts, projector: str, notes: list[str]) -> None:
+    """DINO: the file's loss centre (the running mean of the teacher's outputs) into the task's ``center``
+    buffer when the head was imported; without one in the file the centre starts at zero."""
+    center: Any = getattr(task, "center", None)
+    if not isinstance(center, Tensor) or projector != "imported":
+        return
+    if parts.center is None:
+        notes.append("no DINO loss centre in the file; the centre starts at zero")
+        return
+    if parts.center.numel() != center.numel():
+        raise CheckpointError(
+            f"the DINO loss centre in the file has {parts.center.numel()} entries, the configured head "
+            f"{center.numel()} logits (pretext.dino_out_dim)"
+        )
+    with torch.no_grad():
+        center.copy_(parts.center.reshape(center.shape))
+    notes.append("imported DINO's loss centre (the running mean of the teacher's outputs)")
 
 
 def _import_target(
@@ -1085,7 +1197,7 @@ def _import_target(
         )
         target.backbone.load_state_dict(fitted)
         target.projector.load_state_dict(
-            map_mlp(
+            _map_head(
                 momentum_projector,
                 target.projector,
                 "momentum projector",
