@@ -46,8 +46,8 @@ class VitShape:
         return None
 
     def label(self) -> str:
-        """``ViT-S/16`` for a named size, else ``a ViT``."""
-        return f"{_SIZE_LABELS[self.named]}/{self.patch}" if self.named else "a ViT"
+        """``a ViT-S/16`` for a named size, else ``a ViT``."""
+        return f"a {_SIZE_LABELS[self.named]}/{self.patch}" if self.named else "a ViT"
 
     def describe(self) -> str:
         return f"width {self.width}, depth {self.depth}, {self.patch}-pixel patches, MLP ratio {self.mlp_ratio:g}"
