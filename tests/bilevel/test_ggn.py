@@ -1,5 +1,5 @@
-"""Gauss–Newton products of the real SimCLR, BYOL, Barlow Twins and MoCo v3 tasks against dense Jᵀ H_out J on a
-tiny ResNet; VICReg has no split."""
+"""Gauss–Newton products of the real SimCLR, BYOL, Barlow Twins, MoCo v3 and DINO tasks against dense Jᵀ H_out J
+on a tiny ResNet; VICReg has no split."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from bissl.bilevel.ggn import GGN_MODES, GaussNewtonOperator, gauss_newton_opera
 from bissl.bilevel.hvp import flat_parameters, frozen_bn_stats
 from bissl.bilevel.spectrum import flatten, unflatten
 from bissl.models.backbones import build_backbone, feature_dim
-from bissl.pretext import BYOL, BarlowTwins, MoCoV3, PretextTask, SimCLR, VICReg
+from bissl.pretext import BYOL, DINO, BarlowTwins, MoCoV3, PretextTask, SimCLR, VICReg
 from bissl.pretext.base import OuterLoss
 
-KINDS = ["simclr", "byol", "barlow_twins", "mocov3"]
+KINDS = ["simclr", "byol", "barlow_twins", "mocov3", "dino"]
 
 
 def _task(kind: str) -> tuple[PretextTask, Tensor, Tensor]:
@@ -27,11 +27,17 @@ def _task(kind: str) -> tuple[PretextTask, Tensor, Tensor]:
     elif kind == "barlow_twins":
         task = BarlowTwins(backbone, width, projector_hidden=(5,), projector_dim=4, redundancy_weight=0.3)
     else:
-        momentum_task: BYOL | MoCoV3
+        momentum_task: BYOL | MoCoV3 | DINO
         if kind == "byol":
             momentum_task = BYOL(
                 backbone, width, projector_hidden=(5,), projector_dim=4, predictor_hidden=(5,)
             )
+        elif kind == "dino":
+            momentum_task = DINO(
+                backbone, width, projector_hidden=(5,), projector_dim=4, out_dim=6, teacher_temperature=0.07
+            )
+            with torch.no_grad():  # a centre away from 0, so the centring takes part
+                momentum_task.center.copy_(0.3 * torch.randn_like(momentum_task.center))
         else:
             momentum_task = MoCoV3(
                 backbone,

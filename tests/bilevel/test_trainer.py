@@ -16,7 +16,7 @@ from torch import nn
 
 from bissl.bilevel.trainer import BilevelTrainer, initial_models, parameter_distance
 from bissl.config import BilevelConfig
-from bissl.pretext import BYOL, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg
+from bissl.pretext import BYOL, DINO, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg
 
 DTYPE = torch.float64
 
@@ -86,10 +86,12 @@ def _build(method: str = "simclr", seed: int = 0) -> tuple[nn.Module, nn.Module,
         lower = VICReg(backbone, 4, projector_hidden=(5,), projector_dim=3)
     elif method == "barlow_twins":
         lower = BarlowTwins(backbone, 4, projector_hidden=(5,), projector_dim=3)
-    else:
+    elif method == "mocov3":
         lower = MoCoV3(
             backbone, 4, projector_hidden=(5,), projector_dim=3, predictor_hidden=(5,), momentum=0.9
         )
+    else:
+        lower = DINO(backbone, 4, projector_hidden=(5,), projector_dim=3, out_dim=6, momentum=0.9)
     lower = lower.to(DTYPE)
     head = nn.Linear(4, 3).to(DTYPE)
     upper_backbone = initial_models(lower, None)  # type: ignore[arg-type]

@@ -96,7 +96,7 @@ def test_solver_and_curvature_run_through_the_trainer(overrides: dict[str, Any],
     assert trainer.guard.skipped == 0
 
 
-@pytest.mark.parametrize("method", ["byol", "barlow_twins", "mocov3"])
+@pytest.mark.parametrize("method", ["byol", "barlow_twins", "mocov3", "dino"])
 def test_gauss_newton_curvature_runs_for_every_method_with_a_split(method: str) -> None:
     settings = _settings(curvature="ggn", layerwise=False, diagnose_every=1, diagnose_steps=FULL_LANCZOS)
     trainer = _trainer(settings, method)

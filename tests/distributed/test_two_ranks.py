@@ -1,5 +1,6 @@
 """Two gloo processes against one process on the concatenated batch (float64): the losses and gradients of every
-pretext method (SimCLR, BYOL, VICReg, Barlow Twins, MoCo v3), Hessian-vector products, upper gradients and a whole alternation, with SyncBatchNorm or without
+pretext method (SimCLR, BYOL, VICReg, Barlow Twins, MoCo v3, DINO, with DINO's centre after a step),
+Hessian-vector products, upper gradients and a whole alternation, with SyncBatchNorm or without
 BatchNorm; one flat all-reduce per CG iteration; the agreements between ranks; and the search protocol in
 which rank 0 drives Optuna and every rank fine-tunes each trial.
 
@@ -67,6 +68,8 @@ def build_task(method: str, batchnorm: bool) -> PretextTask:
         predictor_hidden=hidden,
         temperature=0.5,
         moco_temperature=0.5,
+        dino_out_dim=5,
+        dino_teacher_temperature=0.07,
     )
     task = build_pretext(config, TinyNet(batchnorm), 4)
     target = getattr(task, "target", None)
@@ -74,6 +77,10 @@ def build_task(method: str, batchnorm: bool) -> PretextTask:
         with torch.no_grad():  # a target that differs from the online network, so the loss is not trivial
             for p in target.parameters():
                 p.add_(0.1 * torch.randn_like(p))
+    center = getattr(task, "center", None)
+    if center is not None:  # DINO: a centre away from 0, so the centring takes part
+        with torch.no_grad():
+            center.copy_(0.3 * torch.randn_like(center))
     distributed.convert_sync_batchnorm(task)
     return task.to(DTYPE)
 
@@ -139,8 +146,15 @@ def source(batches: list[tuple[Tensor, Tensor]]) -> Callable[[], tuple[Tensor, T
     return lambda: next(iterator)
 
 
+def centre(task: PretextTask) -> list[Tensor]:
+    """DINO's centre (a buffer that moves after each step); nothing for the other methods."""
+    center = getattr(task, "center", None)
+    return [] if center is None else [center.detach().clone()]
+
+
 def loss_and_gradients(method: str, batchnorm: bool, rank: int | None) -> dict[str, Any]:
-    """Pretext loss and parameter gradients; distributed: mean loss over ranks, DDP-averaged gradients."""
+    """Pretext loss and parameter gradients; distributed: mean loss over ranks, DDP-averaged gradients; then
+    the hook after a step (DINO's centre update, all-reduced)."""
     task = build_task(method, batchnorm)
     model: nn.Module = task
     if rank is not None:
@@ -151,7 +165,10 @@ def loss_and_gradients(method: str, batchnorm: bool, rank: int | None) -> dict[s
     if rank is not None:
         dist.all_reduce(value)
         value /= WORLD
-    return {"loss": value, "grads": [p.grad.clone() for p in task.trainable_parameters()]}
+    grads = [p.grad.clone() for p in task.trainable_parameters()]
+    before = centre(task)
+    task.after_step(0.5)
+    return {"loss": value, "grads": grads, "centre_before": before, "centre": centre(task)}
 
 
 def hessian_products(method: str, batchnorm: bool, rank: int | None) -> dict[str, Any]:
@@ -247,6 +264,7 @@ def alternation(method: str, batchnorm: bool, rank: int | None) -> dict[str, Any
     )
     trainer.alternate()
     return {
+        "centre": centre(task),
         "lower": [p.detach().clone() for p in task.trainable_parameters()],
         "upper_backbone": [p.detach().clone() for p in upper_backbone.parameters()],
         "head": [p.detach().clone() for p in head.parameters()],
@@ -408,6 +426,10 @@ def test_loss_and_gradients_equal_single_process(
     for got in result_of(ranks, f"loss/{method}/{batchnorm}"):
         assert abs(float(got["loss"]) - float(reference["loss"])) < TOLERANCE * abs(float(reference["loss"]))
         assert relative(got["grads"], reference["grads"]) < TOLERANCE
+        assert len(got["centre"]) == (method == "dino")
+        if got["centre"]:  # the centre moved, by the mean of the teacher's outputs over the global batch
+            assert relative(reference["centre"], reference["centre_before"]) > 1e-3
+            assert relative(got["centre"], reference["centre"]) < TOLERANCE
 
 
 @pytest.mark.parametrize(("method", "batchnorm"), CASES, ids=CASE_IDS)
@@ -451,6 +473,8 @@ def test_parameters_after_one_alternation_equal_single_process(
     for got in result_of(ranks, f"alternation/{method}/{batchnorm}"):
         for part in ("lower", "upper_backbone", "head"):
             assert relative(got[part], reference[part]) < TOLERANCE, part
+        if reference["centre"]:
+            assert relative(got["centre"], reference["centre"]) < TOLERANCE
 
 
 def test_sync_batchnorm_matches_batchnorm_on_the_whole_batch(ranks: list[dict[str, Any]]) -> None:

@@ -1,5 +1,5 @@
 """Every pretext method built by name: its module layout (which checkpoint import relies on), a finite loss with
-gradients on every trainable parameter, and the momentum target of BYOL and MoCo v3."""
+gradients on every trainable parameter, and the momentum target of BYOL, MoCo v3 and DINO."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ from torch import nn
 
 from bissl.config import PretextConfig
 from bissl.models import build_backbone, feature_dim
-from bissl.pretext import BYOL, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg, build_pretext
+from bissl.models.heads import DINOHead, WeightNormLinear
+from bissl.pretext import BYOL, DINO, PRETEXT_TASKS, BarlowTwins, MoCoV3, SimCLR, VICReg, build_pretext
 
-CLASSES = {"simclr": SimCLR, "byol": BYOL, "vicreg": VICReg, "barlow_twins": BarlowTwins, "mocov3": MoCoV3}
+CLASSES = {
+    "simclr": SimCLR,
+    "byol": BYOL,
+    "vicreg": VICReg,
+    "barlow_twins": BarlowTwins,
+    "mocov3": MoCoV3,
+    "dino": DINO,
+}
 
 
 def _task(method: str, **overrides: object) -> nn.Module:
@@ -22,20 +30,25 @@ def _task(method: str, **overrides: object) -> nn.Module:
         projector_hidden=[8],
         projector_dim=6,
         predictor_hidden=[8],
+        dino_out_dim=7,
         **overrides,  # type: ignore[arg-type]
     )
     return build_pretext(config, backbone, feature_dim(backbone))
 
 
 def test_every_listed_method_builds_its_class() -> None:
-    assert PRETEXT_TASKS == ("simclr", "byol", "vicreg", "barlow_twins", "mocov3")
+    assert PRETEXT_TASKS == ("simclr", "byol", "vicreg", "barlow_twins", "mocov3", "dino")
     for method in PRETEXT_TASKS:
         assert type(_task(method)) is CLASSES[method]
 
 
-@pytest.mark.parametrize("method", PRETEXT_TASKS)
-def test_loss_is_finite_with_gradients_on_every_trainable_parameter(method: str) -> None:
-    task = _task(method).train()
+@pytest.mark.parametrize(
+    ("method", "overrides"), [(m, {}) for m in PRETEXT_TASKS] + [("dino", {"dino_norm_last_layer": False})]
+)
+def test_loss_is_finite_with_gradients_on_every_trainable_parameter(
+    method: str, overrides: dict[str, object]
+) -> None:
+    task = _task(method, **overrides).train()
     x = torch.randn(6, 1, 8, 8)
     loss = task(x, x + 0.1 * torch.randn_like(x))
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -73,3 +86,40 @@ def test_module_layout_of_the_new_methods() -> None:
         "backbone",
         "projector",
     }
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_module_layout_of_dino(norm_last_layer: bool) -> None:
+    """The keys that checkpoint import maps onto: the DINO authors' head keys under ``head.projector.`` (student)
+    and ``target.projector.`` (teacher); the centre and the teacher temperature are buffers of the task."""
+    task = _task("dino", dino_norm_last_layer=norm_last_layer)
+    assert isinstance(task, DINO) and isinstance(task.head, nn.ModuleDict)
+    head = task.head["projector"]
+    assert isinstance(head, DINOHead) and isinstance(head.last_layer, WeightNormLinear)
+    assert [type(m) for m in head.mlp] == [nn.Linear, nn.GELU, nn.Linear]
+    assert all(m.bias is not None for m in head.mlp if isinstance(m, nn.Linear))
+    head_keys = {
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.2.weight",
+        "mlp.2.bias",
+        "last_layer.weight_g",
+        "last_layer.weight_v",
+    }
+    assert set(head.state_dict()) == head_keys
+    assert head.last_layer.weight_v.shape == (7, 6) and head.last_layer.weight_g.shape == (7, 1)
+    trained = {name for name, _ in head.named_parameters()}
+    assert ("last_layer.weight_g" in trained) is not norm_last_layer
+    assert {k for k in task.state_dict() if not k.startswith(("backbone.", "target.backbone."))} == (
+        {f"head.projector.{k}" for k in head_keys}
+        | {f"target.projector.{k}" for k in head_keys}
+        | {"center", "teacher_temperature"}
+    )
+    assert task.center.shape == (1, 7)
+    online = {f"backbone.{k}" for k in task.backbone.state_dict()} | {
+        f"projector.{k}" for k in head.state_dict()
+    }
+    assert set(task.target.state_dict()) == online
+    if norm_last_layer:  # every prototype (row of the last layer's weight) has unit norm
+        norms = head.last_layer.normalised_weight().norm(dim=1)
+        assert torch.allclose(norms, torch.ones(7), atol=1e-6)

@@ -133,19 +133,20 @@ def test_every_pretext_method_with_the_hessian(
     method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pretext = tmp_path / "pretrain"
-    method_override = f"pretext.method={method}"
-    argv = ["--quiet", "pretrain", "--out", str(pretext), *TINY, method_override, "pretrain.steps=1"]
+    small_head = ["pretext.dino_out_dim=16"] if method == "dino" else []
+    method_overrides = [f"pretext.method={method}", *small_head]
+    argv = ["--quiet", "pretrain", "--out", str(pretext), *TINY, *method_overrides, "pretrain.steps=1"]
     assert cli.main([*argv, "pretrain.batch_size=16"]) == 0
     checkpoint = pretext / "checkpoints" / "pretext.pt"
-    lines = _run([*TINY, *SMALL, method_override, f"pretext_checkpoint={checkpoint}"], capsys)
+    lines = _run([*TINY, *SMALL, *method_overrides, f"pretext_checkpoint={checkpoint}"], capsys)
     assert [line.split(":")[0] + ":" for line in lines] == [p.split(":")[0] + ":" for p in LINE_PREFIXES]
     assert "Hessian" in lines[0]
     lambda_min, lambda_max = float(_value(lines, "lambda_min:")), float(_value(lines, "lambda_max:"))
     assert math.isfinite(lambda_min) and lambda_min <= lambda_max and lambda_max > 0
     assert math.isfinite(float(_value(lines, "true residual:")))
-    if method in ("barlow_twins", "mocov3"):
+    if method in ("barlow_twins", "mocov3", "dino"):
         ggn = _run(
-            [*TINY, *SMALL, method_override, "bilevel.curvature=ggn", f"pretext_checkpoint={checkpoint}"],
+            [*TINY, *SMALL, *method_overrides, "bilevel.curvature=ggn", f"pretext_checkpoint={checkpoint}"],
             capsys,
         )
         assert "Gauss–Newton" in ggn[0]

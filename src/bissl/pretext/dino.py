@@ -106,7 +106,10 @@ class DINO(MomentumTask):
         self.warmup_fraction = warmup_fraction
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self.register_buffer("teacher_temperature", torch.tensor(self.teacher_temperature_at(0.0)))
+        # float64 whatever the model's dtype, so the schedule's values are kept exactly; as a 0-dim tensor it
+        # does not change the dtype of the logits it divides
+        start = torch.tensor(self.teacher_temperature_at(0.0), dtype=torch.float64)
+        self.register_buffer("teacher_temperature", start)
         self._batch_center: torch.Tensor | None = None
         self._init_target(momentum, "cosine")
 

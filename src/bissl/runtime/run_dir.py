@@ -39,6 +39,8 @@ WEIGHT_SHAPING_KEYS = (
     "pretext.head_output_bias",
     "pretext.head_hidden_bn",
     "pretext.head_output_bn",
+    "pretext.dino_out_dim",
+    "pretext.dino_norm_last_layer",
     "data.pretext",
     "data.downstream",
     "data.channels",
