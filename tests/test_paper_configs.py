@@ -308,7 +308,8 @@ def test_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "out.json").read_text())
     assert all(row["ok"] for row in results["hvp_checks"])
-    assert len(results["throughput"]) == 4 and len(results["upper_phase"]) == 5
+    assert len(results["throughput"]) == 4 and len(results["upper_phase"]) == 6
+    assert results["upper_phase"][0]["backbone"] == "vit/4 16px dino"  # the ViT-S/16 phase at toy size
 
 
 # ---------------------------------------------------------------------------------------------------------
