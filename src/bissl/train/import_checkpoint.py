@@ -488,7 +488,7 @@ def _dino(state: dict[str, Tensor]) -> SourceParts:
         prefixes={"backbone": online_prefix + "backbone.", "projector": online_prefix + "head."},
         center=state.get("dino_loss.center"),
     )
-    _drop_classifier(online, parts, "backbone.")
+    _drop_classifier(state, parts, online_prefix + "backbone.")
     if online_name == "student" and "teacher" in networks:
         teacher, teacher_prefix = _dino_network(state, "teacher")
         parts.momentum_backbone = _without_fc(_under(teacher, "backbone.")) or None
