@@ -44,7 +44,8 @@ from bissl.train.import_checkpoint import METHODS, import_pretext
 RESNET18 = ["model.backbone=resnet18", "model.stem=imagenet", "device=cpu"]
 WIDTHS = ["pretext.projector_hidden=[16]", "pretext.projector_dim=8", "pretext.predictor_hidden=[16]"]
 MOMENTUM = ("byol", "mocov3")
-MLP_METHODS = tuple(m for m in METHODS if m != "dino")  # DINO's head and ViTs: tests/train/test_import_vit.py
+# the methods with MLP heads; DINO's head (and ViTs) are imported in tests/train/test_import_vit.py
+MLP_METHODS = tuple(method for method in METHODS if method != "dino")
 # pretext.* settings that make bissl's head the library's, key for key (then no bias is folded)
 SOLO_LEARN_HEADS = {
     "simclr": ["pretext.head_hidden_bn=false", "pretext.head_hidden_bias=true"],
@@ -605,3 +606,19 @@ def test_bilevel_from_an_imported_momentum_checkpoint_keeps_its_head_and_target(
     unequal = [k for k, v in saved.items() if not torch.equal(start[k], v)]
     assert unequal == []  # head and target as imported (the online backbone got the warm-up's statistics)
     assert not torch.equal(start["target.backbone.conv1.weight"], start["backbone.conv1.weight"])
+
+
+def test_a_dino_run_imports_a_backbone_alone(tmp_path: Path) -> None:
+    """A release without a DINO head: pretext.method=dino takes its backbone and trains a fresh head; the teacher
+    is a copy of the online network."""
+    resnet = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), path)
+    task, info = import_pretext(
+        _config("torchvision", path, "pretext.method=dino", "pretext.dino_out_dim=16")
+    )
+    assert info["projector"] == "absent" and info["target"] == "online copy"
+    own = task.state_dict()
+    assert torch.equal(own["backbone.conv1.weight"], resnet.state_dict()["conv1.weight"])
+    assert torch.equal(own["target.backbone.conv1.weight"], own["backbone.conv1.weight"])
+    _loss_runs(task)
