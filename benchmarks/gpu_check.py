@@ -1,5 +1,6 @@
 """GPU check for paper-scale BiSSL: HVP correctness on the device, pretraining throughput with and without bf16
-autocast (+ channels_last) and GPU augmentation, and seconds per upper phase for each HVP mode.
+autocast (+ channels_last) and GPU augmentation, and seconds per upper phase for each HVP mode on the ResNets
+and for one phase on DINO's ViT-S/16 at 224 px (paper-dino-vits16-imagenet).
 
 Run it through benchmarks/gpu_check.sh (checks CUDA first). ``--smoke`` runs every part on the CPU at toy sizes
 to check the script itself. Everything is measured in this one process, on synthetic data; each part stops
@@ -35,6 +36,26 @@ from bissl.precision import autocast, channels_last
 from bissl.pretext import PretextTask, build_pretext
 
 
+@dataclass(frozen=True)
+class VitPhase:
+    """The ViT upper phase: backbone, image size, patch size, Hessian and downstream batch, and the DINO head
+    (hidden widths, bottleneck, prototypes); the ``vit`` backbone takes ``width``, ``depth`` and ``heads``."""
+
+    backbone: str
+    image_size: int
+    patch_size: int
+    batch_size: int
+    head_hidden: tuple[int, ...]
+    bottleneck: int
+    out_dim: int
+    width: int = 192
+    depth: int = 12
+    heads: int = 3
+
+    def label(self) -> str:
+        return f"{self.backbone}/{self.patch_size} {self.image_size}px dino"
+
+
 @dataclass
 class Sizes:
     """Workload sizes: the paper's on a GPU, toy ones for ``--smoke`` on the CPU."""
@@ -46,10 +67,14 @@ class Sizes:
     backbones: tuple[str, ...]
     upper_steps: int
     solver_iterations: int
+    vit: VitPhase
 
 
-GPU_SIZES = Sizes(96, 256, 3, 10, ("resnet18", "resnet50"), 8, 5)
-SMOKE_SIZES = Sizes(16, 8, 1, 1, ("small_resnet",), 2, 2)
+# ViT-S/16 at 224 px with DINO's published head (paper-dino-vits16-imagenet), on a small batch
+GPU_VIT = VitPhase("vit_small", 224, 16, 32, (2048, 2048), 256, 65536)
+SMOKE_VIT = VitPhase("vit", 16, 4, 4, (16,), 8, 32, width=16, depth=2, heads=2)
+GPU_SIZES = Sizes(96, 256, 3, 10, ("resnet18", "resnet50"), 8, 5, GPU_VIT)
+SMOKE_SIZES = Sizes(16, 8, 1, 1, ("small_resnet",), 2, 2, SMOKE_VIT)
 
 
 class Budget:
@@ -71,6 +96,29 @@ def pretext_task(backbone_name: str, method: str = "simclr") -> PretextTask:
     """The paper's pretext task: torchvision ResNet (ImageNet stem), 256-256-256 projector."""
     backbone = build_backbone(backbone_name, in_channels=3, stem="imagenet")
     config = PretextConfig(method=method, predictor_hidden=[256, 256])  # type: ignore[arg-type]
+    return build_pretext(config, backbone, feature_dim(backbone))
+
+
+def vit_dino_task(phase: VitPhase) -> PretextTask:
+    """DINO on a ViT, as paper-dino-vits16-imagenet builds it (at the toy sizes of ``--smoke`` on the CPU)."""
+    backbone = build_backbone(
+        phase.backbone,
+        in_channels=3,
+        image_size=phase.image_size,
+        vit_patch_size=phase.patch_size,
+        vit_width=phase.width,
+        vit_depth=phase.depth,
+        vit_heads=phase.heads,
+    )
+    config = PretextConfig(
+        method="dino",
+        projector_hidden=list(phase.head_hidden),
+        projector_dim=phase.bottleneck,
+        dino_out_dim=phase.out_dim,
+        dino_norm_last_layer=False,
+        dino_teacher_temperature=0.07,
+        dino_warmup_teacher_temperature=0.07,
+    )
     return build_pretext(config, backbone, feature_dim(backbone))
 
 
@@ -275,15 +323,27 @@ UPPER_VARIANTS = (
 
 
 def upper_phase_seconds(
-    backbone_name: str, mode: str, scope: str, hvp_precision: str, sizes: Sizes, device: torch.device
+    backbone_name: str,
+    mode: str,
+    scope: str,
+    hvp_precision: str,
+    sizes: Sizes,
+    device: torch.device,
+    *,
+    vit: VitPhase | None = None,
 ) -> dict[str, Any]:
     """One upper phase (``upper_steps`` steps, ``solver_iterations`` layerwise CG iterations each) of BiSSL with
-    Hessian and downstream batches of ``sizes.batch_size``; downstream passes in bf16 on a GPU."""
+    Hessian and downstream batches of ``sizes.batch_size``; downstream passes in bf16 on a GPU. With ``vit`` the
+    lower model is DINO on that ViT, at its image size and batch (``backbone_name`` is then only a label)."""
     torch.manual_seed(0)
-    lower = channels_last(pretext_task(backbone_name).to(device), device.type == "cuda")
+    if vit is not None:
+        lower = vit_dino_task(vit).to(device)  # one convolution: channels_last gains nothing
+        size, batch = vit.image_size, vit.batch_size
+    else:
+        lower = channels_last(pretext_task(backbone_name).to(device), device.type == "cuda")
+        size, batch = sizes.image_size, sizes.batch_size
     upper_backbone = initial_models(lower, None)
     head = nn.Linear(feature_dim(upper_backbone), 10).to(device)
-    size, batch = sizes.image_size, sizes.batch_size
     augment = TwoViewAugment(size, 3, IMAGENET_MEAN, IMAGENET_STD).to(device)
     hessian_views = augment(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device))
     downstream = torch.randn(batch, 3, size, size, device=device)
@@ -408,10 +468,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n[3/3] seconds per upper phase: {sizes.upper_steps} steps x {sizes.solver_iterations} CG iterations, "
-        f"Hessian and downstream batches of {sizes.batch_size}",
+        f"Hessian and downstream batches of {sizes.batch_size} (the ViT: {sizes.vit.batch_size})",
         flush=True,
     )
     upper: list[dict[str, Any]] = []
+    vit = sizes.vit
+    what = f"{vit.label()} reuse/phase/fp32, batch {vit.batch_size}"
+    row = _guarded(
+        budget,
+        60.0 if device.type == "cuda" else 5.0,
+        what,
+        partial(upper_phase_seconds, vit.label(), "reuse", "phase", "fp32", sizes, device, vit=vit),
+    )
+    if row is not None:
+        upper.append(row)
+        print(f"  {what}: {row['seconds_per_upper_phase']:.2f} s", flush=True)
     for name in sizes.backbones:
         for mode, scope, hvp_precision in UPPER_VARIANTS:
             what = f"{name} {mode}/{scope}/{hvp_precision}"

@@ -4,7 +4,8 @@
 #   2. every HVP mode agrees with finite differences on the GPU (float64), bf16 HVP error against fp32,
 #   3. pretraining images/s, SimCLR, ResNet-18 and ResNet-50, 96 px, batch 256, synthetic images, with and
 #      without bf16 autocast (+ channels_last) and GPU augmentation,
-#   4. seconds per BiSSL upper phase (8 steps x 5 CG iterations) for each HVP mode.
+#   4. seconds per BiSSL upper phase (8 steps x 5 CG iterations) for each HVP mode, and for one phase of
+#      DINO on ViT-S/16 at 224 px (batch 32; paper-dino-vits16-imagenet).
 # Usage, from anywhere:  bash benchmarks/gpu_check.sh [--json results.json]
 # Environment: PYTHON (default .venv/bin/python, else python3); WHEELS, a folder of wheels installed offline
 # for packages that are missing (kornia, for instance); GPU_CHECK_TIMEOUT (seconds, default 450).

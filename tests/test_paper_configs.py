@@ -1,6 +1,7 @@
-"""The paper configurations: the published values they hold, the precision plumbing they switch on (bf16
-autocast of the forward passes, HVPs at their own precision, channels_last), and, in a slow test, every stage
-of every paper config for two steps on synthetic 96 px stand-in data."""
+"""The paper configurations: the published values they hold (the ResNet configs of the paper, and BiSSL with the
+same bilevel knobs from an imported DINO ViT-S/16), the precision plumbing they switch on (bf16 autocast of the
+forward passes, HVPs at their own precision, channels_last), and, in a slow test, every stage of every paper
+config for two steps on synthetic 96 px stand-in data."""
 
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ PAPER = {
         "upper": (0.02, 2e-3),
         "lower_warmup_steps": 200,
     },
+    "paper-dino-vits16-imagenet.yaml": {
+        "backbone": "vit_small",
+        "method": "dino",
+        "pretext": "imagenet",
+        "gamma": 1.0,
+        "fairness": "same-checkpoint",
+        "upper": (0.03, 1e-3),
+        "lower_warmup_steps": 200,
+        "image_size": 224,
+        "imported": "dino",  # starts from `bissl import`: no pretraining settings of its own
+    },
 }
 
 
@@ -67,17 +79,43 @@ PAPER = {
 def test_paper_configs_hold_the_published_settings(name: str) -> None:
     expected = PAPER[name]
     config = load_config(CONFIGS / name)
-    assert (config.model.backbone, config.model.stem) == (expected["backbone"], "imagenet")
+    vit = expected["backbone"] == "vit_small"
+    assert config.model.backbone == expected["backbone"]
+    if vit:  # DINO's ViT-S/16 with its CLS feature; its one convolution gains nothing from NHWC
+        assert (config.model.vit_patch_size, config.model.vit_pool, config.channels_last) == (
+            16,
+            "cls",
+            False,
+        )
+    else:
+        assert config.model.stem == "imagenet" and config.channels_last
     assert (config.data.pretext, config.data.downstream, config.data.image_size) == (
         expected["pretext"],
         "oxford-pets",
-        96,
+        expected.get("image_size", 96),
     )
-    assert (config.precision, config.hvp_precision, config.channels_last) == ("bf16", "fp32", True)
+    assert (config.precision, config.hvp_precision) == ("bf16", "fp32")
     pretext = config.pretext
-    assert pretext.method == expected["method"] and pretext.temperature == 0.5
-    assert (pretext.projector_hidden, pretext.projector_dim) == ([256, 256], 256)
-    assert (pretext.head_hidden_bias, pretext.head_output_bias) == (True, False)  # the authors' MLPProjector
+    assert pretext.method == expected["method"]
+    if pretext.method == "dino":  # the DINO release's head: 384-2048-2048-256, 65,536 prototypes
+        assert (pretext.projector_hidden, pretext.projector_dim, pretext.dino_out_dim) == (
+            [2048, 2048],
+            256,
+            65536,
+        )
+        assert (pretext.dino_student_temperature, pretext.dino_teacher_temperature) == (0.1, 0.07)
+        assert (pretext.dino_norm_last_layer, pretext.dino_warmup_fraction, pretext.dino_momentum) == (
+            False,
+            0.0,
+            0.996,
+        )
+    else:
+        assert pretext.temperature == 0.5
+        assert (pretext.projector_hidden, pretext.projector_dim) == ([256, 256], 256)
+        assert (pretext.head_hidden_bias, pretext.head_output_bias) == (
+            True,
+            False,
+        )  # the authors' MLPProjector
     if pretext.method == "byol":
         assert (pretext.ema, pretext.ema_schedule, pretext.predictor_hidden) == (
             0.9995,
@@ -85,12 +123,14 @@ def test_paper_configs_hold_the_published_settings(name: str) -> None:
             [256, 256],
         )
     assert config.augment.reference_crop
-    p = config.pretrain
-    assert (p.epochs, p.batch_size, p.lr, p.weight_decay, p.warmup_epochs) == (500, 1024, 4.8, 1e-6, 10.0)
-    assert (p.momentum, p.final_lr_ratio, p.lars_eta) == (0.9, 0.001, 0.001)
-    assert (
-        p.lars_exclude_bias_norm is False
-    )  # the reference's LARS: weight decay and trust ratio on every parameter
+    assert config.imported.layout == expected.get("imported")
+    if "imported" not in expected:
+        p = config.pretrain
+        assert (p.epochs, p.batch_size, p.lr, p.weight_decay, p.warmup_epochs) == (500, 1024, 4.8, 1e-6, 10.0)
+        assert (p.momentum, p.final_lr_ratio, p.lars_eta) == (0.9, 0.001, 0.001)
+        assert (
+            p.lars_exclude_bias_norm is False
+        )  # the reference's LARS: weight decay and trust ratio on every parameter
     b = config.bilevel
     assert (b.alternations, b.lower_steps, b.upper_steps) == (500, 20, 8)
     assert (b.lam, b.damping, b.gamma) == (1e-3, 10.0, expected["gamma"])
@@ -268,7 +308,8 @@ def test_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "out.json").read_text())
     assert all(row["ok"] for row in results["hvp_checks"])
-    assert len(results["throughput"]) == 4 and len(results["upper_phase"]) == 5
+    assert len(results["throughput"]) == 4 and len(results["upper_phase"]) == 6
+    assert results["upper_phase"][0]["backbone"] == "vit/4 16px dino"  # the ViT-S/16 phase at toy size
 
 
 # ---------------------------------------------------------------------------------------------------------

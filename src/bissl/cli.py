@@ -61,14 +61,14 @@ class Tool:
 def _add_import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
-        metavar="{torchvision,timm,solo-learn,lightly,bissl-reference}",
+        metavar="{torchvision,timm,solo-learn,lightly,dino,bissl-reference}",
         help="key layout of the checkpoint (imported.layout)",
     )
     parser.add_argument("--checkpoint", help="the checkpoint file (imported.checkpoint)")
     parser.add_argument("--head", help="bissl-reference: the separate head file (imported.head)")
     parser.add_argument(
         "--method",
-        metavar="{simclr,byol,vicreg,barlow_twins,mocov3}",
+        metavar="{simclr,byol,vicreg,barlow_twins,mocov3,dino}",
         help="the method that trained the checkpoint, where the file does not say (imported.method; it must "
         "be pretext.method)",
     )
@@ -147,12 +147,12 @@ STAGES: dict[str, Stage] = {
     "import": Stage(
         "bissl.train.import_checkpoint",
         "import_checkpoint",
-        "turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, the authors') into a pretext checkpoint",
+        "turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, DINO, the authors') into a pretext checkpoint",
         ("imported", "model", "pretext"),
-        description="turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, the authors') into a "
-        "pretext checkpoint: the backbone, with the projector, the predictor and the momentum encoder (BYOL, "
-        "MoCo v3: the target network) where the file holds them; classifiers are dropped, and a checkpoint of "
-        "another method than pretext.method is refused (docs/import.md)",
+        description="turn a public SSL checkpoint (torchvision, timm, solo-learn, lightly, DINO, the authors') "
+        "into a pretext checkpoint: the backbone (a ResNet or a ViT), with the projector, the predictor and the "
+        "momentum encoder (BYOL, MoCo v3: the target network) where the file holds them; classifiers are "
+        "dropped, and a checkpoint of another method than pretext.method is refused (docs/import.md)",
         options=_add_import_options,
         flag_keys={
             "layout": "imported.layout",

@@ -411,18 +411,20 @@ class CompareConfig:
 class ImportConfig:
     """`bissl import`: a public SSL checkpoint turned into a pretext checkpoint."""
 
-    layout: Literal["torchvision", "timm", "solo-learn", "lightly", "bissl-reference"] | None = None
-    """Key layout of the checkpoint: torchvision or timm ResNet state dict, solo-learn or lightly checkpoint, or the BiSSL authors' pretext files."""
+    layout: Literal["torchvision", "timm", "solo-learn", "lightly", "dino", "bissl-reference"] | None = None
+    """Key layout of the checkpoint: torchvision or timm ResNet state dict (timm: or ViT), solo-learn or lightly checkpoint (ResNet or ViT), the original DINO release (facebookresearch/dino: backbone-only file or training checkpoint), or the BiSSL authors' pretext files."""
     checkpoint: str | None = None
     """The checkpoint file (backbone weights, with the projector when the release holds one)."""
     head: str | None = None
     """bissl-reference only: the separate head file (projector, BYOL predictor) released beside the backbone."""
-    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3"] | None = None
+    method: Literal["simclr", "byol", "vicreg", "barlow_twins", "mocov3", "dino"] | None = None
     """The method that trained the checkpoint, when the file does not say (lightly keys cannot tell SimCLR, VICReg and Barlow Twins apart); null: read from solo-learn's hyper-parameters or told from the keys. Must match pretext.method for the head to be imported."""
     projector: bool = True
-    """Import the release's projector (with the predictor and momentum networks of BYOL and MoCo v3) when it holds one that fits pretext.*; false takes the backbone alone and leaves the head untrained."""
+    """Import the release's projector (with the predictor and momentum networks of BYOL and MoCo v3; DINO's head, teacher and loss centre) when it holds one that fits pretext.*; false takes the backbone alone and leaves the head untrained."""
     trust_pickle: bool = False
     """Load a checkpoint that pickles Python objects besides tensors (Lightning hyper-parameters); only for files you trust."""
+    resample_pos_embed: bool = True
+    """ViTs: resample a position embedding made for another image size (DINO's 224 px) to the patch grid of data.image_size (bicubic, as timm's resample_abs_pos_embed); false refuses such a file."""
 
 
 @dataclass

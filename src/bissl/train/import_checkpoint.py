@@ -1,5 +1,5 @@
-"""``bissl import``: public SSL checkpoints (torchvision, timm, solo-learn, lightly, the BiSSL authors' files)
-turned into a pretext checkpoint that every stage accepts.
+"""``bissl import``: public SSL checkpoints (torchvision, timm, solo-learn, lightly, the original DINO release,
+the BiSSL authors' files) turned into a pretext checkpoint that every stage accepts.
 
 Each layout names where the backbone, the projector, the predictor and the momentum (target) networks live in
 the file. Keys are mapped by those rules only, then checked against the configured model: missing keys,
@@ -13,6 +13,11 @@ keys, and a checkpoint of another method than ``pretext.method`` is refused. Cla
 purpose and listed in the summary. A release without a projector that fits ``pretext.*`` is recorded as
 ``projector: absent``; the BiSSL stage then trains the pretext head first (``pretext.projector_warmup_steps``)
 and copies the target from the online network.
+
+ViT backbones (``model.backbone: vit*``) are read from the DINO release, timm, solo-learn and lightly files,
+whose ViTs all carry timm's key names; ``bissl.train.import_vit`` checks their shape against the configured
+ViT and resamples a position embedding made for another image size. DINO heads (an MLP, then a
+weight-normalised last layer) are told from their keys.
 """
 
 from __future__ import annotations
@@ -31,13 +36,22 @@ from torch import Tensor, nn
 from bissl.checkpoint import require_file
 from bissl.config import Config
 from bissl.errors import CheckpointError, ConfigError
+from bissl.models import VIT_BACKBONES
 from bissl.pretext import PRETEXT_TASKS, PretextTask
 from bissl.runtime import RunDir, say, seed_everything
 from bissl.train.checkpoint_formats import save_backbone, save_pretext
+from bissl.train.import_vit import (
+    check_vit_shape,
+    fc_norm_as_norm,
+    fit_position_embedding,
+    is_vit_state,
+    vit_shape_of,
+)
 from bissl.train.model_factory import make_pretext
 
-LAYOUTS = ("torchvision", "timm", "solo-learn", "lightly", "bissl-reference")
+LAYOUTS = ("torchvision", "timm", "solo-learn", "lightly", "dino", "bissl-reference")
 RESNETS = ("resnet18", "resnet34", "resnet50")
+VIT_LAYOUTS = ("timm", "solo-learn", "lightly", "dino")
 METHODS = PRETEXT_TASKS
 METHOD_NAMES = {
     "simclr": "SimCLR",
@@ -45,6 +59,7 @@ METHOD_NAMES = {
     "vicreg": "VICReg",
     "barlow_twins": "Barlow Twins",
     "mocov3": "MoCo v3",
+    "dino": "DINO",
 }
 # lightly's examples keep a torchvision ResNet as nn.Sequential(*children()[:-1]): child index -> name.
 SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -54,6 +69,14 @@ LIGHTLY_MOMENTUM = (
     ("teacher_backbone.", "teacher_projection_head."),
     ("key_backbone.", "key_projection_head."),
 )
+# lightly's DINO: the student's head, and the teacher (examples: teacher_*; ImageNet benchmarks: backbone, projection_head).
+LIGHTLY_STUDENT_HEADS = ("student_head.", "student_projection_head.")
+LIGHTLY_TEACHERS = (
+    ("teacher_backbone.", ("teacher_head.", "teacher_projection_head.")),
+    ("backbone.", ("projection_head.",)),
+)
+# The original DINO release (facebookresearch/dino): a training checkpoint keeps these two networks.
+DINO_NETWORKS = ("student", "teacher")
 _SHOWN = 4
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -76,6 +99,9 @@ class SourceParts:
     stated_by: str = ""
     candidates: tuple[str, ...] | None = None
     structure: str = ""
+    notes: list[str] = field(default_factory=list)
+    center: Tensor | None = None
+    """DINO's loss centre (the running mean of the teacher's outputs), where the file keeps it."""
 
 
 def _first(names: list[str]) -> str:
@@ -88,8 +114,9 @@ def read_checkpoint(
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors of a checkpoint file and the entries beside them: a plain state dict, or the
     ``state_dict`` / ``model`` entry of a training checkpoint (Lightning, timm), whose other entries
-    (``hyper_parameters``, ``epoch``, ...) come second; a DDP ``module.`` prefix is removed. ``key`` names the
-    setting that gave the path in the messages."""
+    (``hyper_parameters``, ``epoch``, ...) come second; a DDP ``module.`` prefix is removed. A DINO training
+    checkpoint's ``student`` and ``teacher`` state dicts (and its loss's ``dino_loss``) become one state dict
+    with those prefixes. ``key`` names the setting that gave the path in the messages."""
     source = require_file(path, "checkpoint", f"check {key}")
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=not trust_pickle)
@@ -112,6 +139,10 @@ def read_checkpoint(
             beside = {str(k): v for k, v in state.items() if k != wrapper}
             state = state[wrapper]
             break
+    if isinstance(state, dict) and any(isinstance(state.get(n), dict) for n in DINO_NETWORKS):
+        nested = {n: state[n] for n in (*DINO_NETWORKS, "dino_loss") if isinstance(state.get(n), dict)}
+        beside = {str(k): v for k, v in state.items() if k not in nested}
+        state = {f"{n}.{k}": v for n, entries in nested.items() for k, v in entries.items()}
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"checkpoint '{source}' holds no state dict (a mapping of names to tensors)")
     tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
@@ -150,8 +181,22 @@ def _drop(state: dict[str, Tensor], parts: SourceParts, prefix: str, what: str) 
         parts.dropped.append(f"{what} ({prefix}*, {count} tensors)")
 
 
+def _classifier(backbone: dict[str, Tensor]) -> str:
+    """The key prefix of a backbone's classifier: a timm ViT's ``head.``, a ResNet's ``fc.``."""
+    return "head." if is_vit_state(backbone) else "fc."
+
+
 def _without_fc(backbone: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v for k, v in backbone.items() if not k.startswith("fc.")}
+    """A backbone state dict without its classifier (``fc.*``, or ``head.*`` of a timm ViT)."""
+    prefix = _classifier(backbone)
+    return {k: v for k, v in backbone.items() if not k.startswith(prefix)}
+
+
+def _drop_classifier(
+    state: dict[str, Tensor], parts: SourceParts, prefix: str, what: str = "classifier"
+) -> None:
+    """Record the classifier of the backbone under ``prefix`` as dropped."""
+    _drop(state, parts, prefix + _classifier(_under(state, prefix)), what)
 
 
 def _report_unknown(state: dict[str, Tensor], parts: SourceParts, known: tuple[str, ...]) -> None:
@@ -171,13 +216,25 @@ def _ends_in_batchnorm(head: dict[str, Tensor] | None) -> bool:
     return f"{last}.running_mean" in head
 
 
+def _is_dino_head(head: dict[str, Tensor] | None) -> bool:
+    """Whether a head state dict is DINO's: an MLP, then a weight-normalised ``last_layer`` (``weight_g`` and
+    ``weight_v``, or the ``parametrizations.weight.original0/1`` of ``torch.nn.utils.parametrizations``)."""
+    return bool(head) and any(k.startswith("last_layer.") for k in head or {})
+
+
 def _tell_method(parts: SourceParts) -> None:
-    """``parts.candidates`` and ``parts.structure`` from the parts a file holds: predictor and momentum networks
-    are BYOL or MoCo v3 (MoCo v3's projector ends in BatchNorm), a projector alone is SimCLR, VICReg or Barlow
-    Twins, anything else is a method bissl does not train."""
+    """``parts.candidates`` and ``parts.structure`` from the parts a file holds: a head with a weight-normalised
+    last layer is DINO's, predictor and momentum networks are BYOL or MoCo v3 (MoCo v3's projector ends in
+    BatchNorm), a projector alone is SimCLR, VICReg or Barlow Twins, anything else is a method bissl does not
+    train."""
     predictor = parts.predictor is not None
     momentum = parts.momentum_backbone is not None or parts.momentum_projector is not None
-    if predictor and momentum:
+    if _is_dino_head(parts.projector) and not predictor:
+        parts.candidates = ("dino",)
+        parts.structure = "a DINO head (an MLP, then a weight-normalised last layer)" + (
+            " and momentum networks" if momentum else ""
+        )
+    elif predictor and momentum:
         if _ends_in_batchnorm(parts.projector):
             parts.candidates = ("mocov3",)
             parts.structure = "a predictor and momentum networks, the projector ending in BatchNorm"
@@ -195,10 +252,11 @@ def _tell_method(parts: SourceParts) -> None:
         parts.structure = "a projector without predictor or momentum networks"
 
 
-def _resnet_state_dict(state: dict[str, Tensor]) -> SourceParts:
-    """torchvision and timm ResNets: every key is the backbone's but the classifier ``fc``."""
+def _plain_backbone(state: dict[str, Tensor]) -> SourceParts:
+    """torchvision and timm ResNets, timm ViTs: every key is the backbone's but the classifier (``fc``, a ViT's
+    ``head``)."""
     parts = SourceParts(backbone=_without_fc(state))
-    _drop(state, parts, "fc.", "classifier")
+    _drop(state, parts, _classifier(state), "classifier")
     return parts
 
 
@@ -232,8 +290,9 @@ def _solo_learn_stated_method(beside: dict[str, Any], source: Path | None) -> tu
 
 def _solo_learn(state: dict[str, Tensor]) -> SourceParts:
     """solo-learn (``solo/methods``): ``backbone.``, ``projector.``, the ``predictor.`` of BYOL and MoCo v3,
-    their ``momentum_backbone.`` and ``momentum_projector.``; the online linear ``classifier.`` (and
-    ``momentum_classifier.``) is dropped."""
+    their ``momentum_backbone.`` and ``momentum_projector.``; DINO's ``head.`` and ``momentum_head.`` (its
+    ``DINOHead``: ``mlp.*``, ``last_layer.weight_g/v``) and loss centre ``dino_loss_func.center``; the online
+    linear ``classifier.`` (and ``momentum_classifier.``) is dropped."""
     if not any(k.startswith("backbone.") for k in state):
         raise CheckpointError(
             "no 'backbone.*' keys: this is not a solo-learn checkpoint; check imported.layout"
@@ -251,9 +310,14 @@ def _solo_learn(state: dict[str, Tensor]) -> SourceParts:
             "momentum_backbone": "momentum_backbone.",
             "momentum_projector": "momentum_projector.",
         },
+        center=state.get("dino_loss_func.center"),
     )
-    _drop(state, parts, "backbone.fc.", "classifier")
-    _drop(state, parts, "momentum_backbone.fc.", "classifier of the momentum backbone")
+    if parts.projector is None and _is_dino_head(_under(state, "head.")):
+        parts.projector = _under(state, "head.")
+        parts.momentum_projector = _under(state, "momentum_head.") or None
+        parts.prefixes |= {"projector": "head.", "momentum_projector": "momentum_head."}
+    _drop_classifier(state, parts, "backbone.")
+    _drop_classifier(state, parts, "momentum_backbone.", "classifier of the momentum backbone")
     _drop(state, parts, "classifier.", "online linear classifier")
     _drop(state, parts, "momentum_classifier.", "online linear classifier of the momentum backbone")
     known = (
@@ -264,6 +328,8 @@ def _solo_learn(state: dict[str, Tensor]) -> SourceParts:
         "momentum_projector.",
         "classifier.",
         "momentum_classifier.",
+        "dino_loss_func.",
+        *(("head.", "momentum_head.") if parts.prefixes["projector"] == "head." else ()),
     )
     _report_unknown(state, parts, known)
     _tell_method(parts)
@@ -281,8 +347,29 @@ def _lightly_backbone(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return _without_fc(backbone)
 
 
+def _lightly_inner(state: dict[str, Tensor], prefix: str) -> str:
+    """Where the backbone under ``prefix`` keeps its own keys: ``prefix + "vit."`` for lightly's
+    ``MaskedVisionTransformerTIMM`` (a timm ViT as ``vit``, beside a ``mask_token``), else ``prefix``."""
+    return prefix + "vit." if any(k.startswith(prefix + "vit.") for k in state) else prefix
+
+
+def _lightly_backbone_at(
+    state: dict[str, Tensor], parts: SourceParts, prefix: str, what: str = "classifier"
+) -> dict[str, Tensor] | None:
+    """The lightly backbone under ``prefix`` (a ViT unwrapped from ``vit.``), its classifier and a
+    ``mask_token`` recorded as dropped."""
+    inner = _lightly_inner(state, prefix)
+    if inner != prefix:
+        _drop(state, parts, prefix + "mask_token", "the mask token of lightly's MaskedVisionTransformerTIMM")
+    _drop_classifier(state, parts, inner, what)
+    return _lightly_backbone(_under(state, inner)) or None
+
+
 def _lightly_head(state: dict[str, Tensor], prefix: str) -> tuple[dict[str, Tensor] | None, str]:
-    """A lightly head (``ProjectionHead.layers``, an ``nn.Sequential``) under ``prefix``, and its key prefix."""
+    """A lightly head (``ProjectionHead.layers``, an ``nn.Sequential``) under ``prefix``, and its key prefix; a
+    ``DINOProjectionHead`` (``layers.*`` and ``last_layer.*``) whole."""
+    if any(k.startswith(prefix + "last_layer.") for k in state):
+        return _under(state, prefix), prefix
     layers = _under(state, prefix + "layers.")
     if layers:
         return layers, prefix + "layers."
@@ -295,29 +382,126 @@ def _lightly(state: dict[str, Tensor]) -> SourceParts:
     (``backbone_momentum.`` / ``projection_head_momentum.`` as in the examples, ``teacher_backbone.`` /
     ``teacher_projection_head.`` or ``key_backbone.`` / ``key_projection_head.`` as in the benchmarks); the
     online classifier is dropped."""
+    if any(k.startswith("student_backbone.") for k in state):
+        return _lightly_student_teacher(state)
     if not any(k.startswith("backbone.") for k in state):
-        raise CheckpointError("no 'backbone.*' keys: this is not a lightly checkpoint; check imported.layout")
+        raise CheckpointError(
+            "no 'backbone.*' or 'student_backbone.*' keys: this is not a lightly checkpoint; check imported.layout"
+        )
     projector, projector_prefix = _lightly_head(state, "projection_head.")
     predictor, predictor_prefix = _lightly_head(state, "prediction_head.")
     parts = SourceParts(
-        backbone=_lightly_backbone(_under(state, "backbone.")),
-        projector=projector,
-        predictor=predictor,
-        prefixes={"backbone": "backbone.", "projector": projector_prefix, "predictor": predictor_prefix},
+        backbone={}, projector=projector, predictor=predictor, center=state.get("criterion.center")
     )
+    parts.backbone = _lightly_backbone_at(state, parts, "backbone.") or {}
+    inner = _lightly_inner(state, "backbone.")
+    parts.prefixes = {"backbone": inner, "projector": projector_prefix, "predictor": predictor_prefix}
     kept = ["backbone.", "projection_head.", "prediction_head."]
     for backbone_prefix, head_prefix in LIGHTLY_MOMENTUM:
         if any(k.startswith((backbone_prefix, head_prefix)) for k in state):
-            parts.momentum_backbone = _lightly_backbone(_under(state, backbone_prefix)) or None
+            parts.momentum_backbone = _lightly_backbone_at(
+                state, parts, backbone_prefix, "classifier of the momentum backbone"
+            )
             parts.momentum_projector, momentum_prefix = _lightly_head(state, head_prefix)
-            parts.prefixes |= {"momentum_backbone": backbone_prefix, "momentum_projector": momentum_prefix}
-            _drop(state, parts, backbone_prefix + "fc.", "classifier of the momentum backbone")
+            parts.prefixes |= {
+                "momentum_backbone": _lightly_inner(state, backbone_prefix),
+                "momentum_projector": momentum_prefix,
+            }
             kept += [backbone_prefix, head_prefix]
             break
-    _drop(state, parts, "backbone.fc.", "classifier")
     for prefix in ("online_classifier.", "classifier."):
         _drop(state, parts, prefix, "online classifier")
     _report_unknown(state, parts, (*kept, "online_classifier.", "classifier."))
+    _tell_method(parts)
+    return parts
+
+
+def _lightly_student_teacher(state: dict[str, Tensor]) -> SourceParts:
+    """lightly's DINO: the student (``student_backbone.`` with ``student_head.`` as in its examples, or
+    ``student_projection_head.`` as in its ImageNet benchmarks) is the online network, the teacher
+    (``teacher_backbone.`` / ``teacher_head.``, or the benchmarks' ``backbone.`` / ``projection_head.``) the
+    target; the loss centre is ``criterion.center``."""
+    parts = SourceParts(backbone={}, center=state.get("criterion.center"))
+    parts.backbone = _lightly_backbone_at(state, parts, "student_backbone.") or {}
+    head_prefix = next(
+        (p for p in LIGHTLY_STUDENT_HEADS if any(k.startswith(p) for k in state)), LIGHTLY_STUDENT_HEADS[0]
+    )
+    parts.projector, projector_prefix = _lightly_head(state, head_prefix)
+    parts.prefixes = {"backbone": _lightly_inner(state, "student_backbone."), "projector": projector_prefix}
+    kept = ["student_backbone.", head_prefix]
+    for backbone_prefix, heads in LIGHTLY_TEACHERS:
+        if any(k.startswith(backbone_prefix) for k in state):
+            teacher_head = next((p for p in heads if any(k.startswith(p) for k in state)), heads[0])
+            parts.momentum_backbone = _lightly_backbone_at(
+                state, parts, backbone_prefix, "classifier of the teacher backbone"
+            )
+            parts.momentum_projector, momentum_prefix = _lightly_head(state, teacher_head)
+            parts.prefixes |= {
+                "momentum_backbone": _lightly_inner(state, backbone_prefix),
+                "momentum_projector": momentum_prefix,
+            }
+            kept += [backbone_prefix, teacher_head]
+            break
+    for prefix in ("online_classifier.", "classifier."):
+        _drop(state, parts, prefix, "online classifier")
+    _report_unknown(state, parts, (*kept, "online_classifier.", "classifier.", "criterion."))
+    _tell_method(parts)
+    return parts
+
+
+def _dino_network(state: dict[str, Tensor], name: str) -> tuple[dict[str, Tensor], str]:
+    """One network of a DINO training checkpoint (``student`` or ``teacher``; ``""``: the whole file) without
+    its DDP ``module.`` prefix, and where its keys start in the file."""
+    prefix = f"{name}." if name else ""
+    network = _under(state, prefix)
+    if network and all(k.startswith("module.") for k in network):
+        prefix += "module."
+        network = _under(network, "module.")
+    return network, prefix
+
+
+def _dino(state: dict[str, Tensor]) -> SourceParts:
+    """facebookresearch/dino: a backbone-only release (``dino_deitsmall16_pretrain.pth``: the teacher's
+    backbone, a timm-named ViT or a torchvision ResNet without ``fc``), or a training checkpoint
+    (``checkpoint.pth``, ``*_full_checkpoint.pth``) whose ``student`` (``module.backbone.*``, ``module.head.*``)
+    and ``teacher`` (``backbone.*``, ``head.*``; with ``module.`` where it was wrapped in DDP) become the online
+    network and the target, with its loss centre ``dino_loss.center``; a lone ``MultiCropWrapper`` state dict
+    (``backbone.*``, ``head.*``) is the online network. The head is DINO's ``DINOHead``: ``mlp.*`` (Linear, GELU,
+    ..., BatchNorm with ``use_bn_in_head``), ``last_layer.weight_g`` and ``last_layer.weight_v``."""
+    networks = [n for n in DINO_NETWORKS if any(k.startswith(f"{n}.") for k in state)]
+    if not networks and not any(k.startswith(("backbone.", "module.backbone.")) for k in state):
+        if not is_vit_state(state) and "conv1.weight" not in state:
+            raise CheckpointError(
+                f"neither a ViT or ResNet state dict nor DINO's student and teacher networks "
+                f"({_first(sorted(state))}): check imported.layout"
+            )
+        return _plain_backbone(state)
+    online_name = "student" if "student" in networks else (networks[0] if networks else "")
+    online, online_prefix = _dino_network(state, online_name)
+    if not any(k.startswith("backbone.") for k in online):
+        raise CheckpointError(
+            f"no '{online_prefix}backbone.*' keys in the {online_name or 'file'}'s network: check imported.layout"
+        )
+    parts = SourceParts(
+        backbone=_without_fc(_under(online, "backbone.")),
+        projector=_under(online, "head.") or None,
+        prefixes={"backbone": online_prefix + "backbone.", "projector": online_prefix + "head."},
+        center=state.get("dino_loss.center"),
+    )
+    _drop_classifier(state, parts, online_prefix + "backbone.")
+    if online_name == "student" and "teacher" in networks:
+        teacher, teacher_prefix = _dino_network(state, "teacher")
+        parts.momentum_backbone = _without_fc(_under(teacher, "backbone.")) or None
+        parts.momentum_projector = _under(teacher, "head.") or None
+        parts.prefixes |= {
+            "momentum_backbone": teacher_prefix + "backbone.",
+            "momentum_projector": teacher_prefix + "head.",
+        }
+    elif online_name == "teacher":
+        parts.notes.append("the file holds DINO's teacher alone; it becomes the online network")
+    _report_unknown(
+        state, parts, (*(f"{n}." for n in DINO_NETWORKS), "dino_loss.", "backbone.", "head.", "module.")
+    )
     _tell_method(parts)
     return parts
 
@@ -375,7 +559,9 @@ def split_layout(
     if head is not None and layout != "bissl-reference":
         raise ConfigError("imported.head is read only with imported.layout=bissl-reference")
     if layout in ("torchvision", "timm"):
-        return _resnet_state_dict(state)
+        return _plain_backbone(state)
+    if layout == "dino":
+        return _dino(state)
     if layout == "solo-learn":
         parts = _solo_learn(state)
         parts.method, parts.stated_by = _solo_learn_stated_method(beside or {}, source)
@@ -605,6 +791,98 @@ def map_mlp(
     return {k: v.to(own[k].dtype) for k, v in out.items()}
 
 
+# The weight-normalised last layer of a DINO head: old-style ``weight_norm`` names, or those of
+# ``torch.nn.utils.parametrizations.weight_norm`` (original0 = g, original1 = v).
+_WEIGHT_NORM_NAMES = (
+    ("weight_g", "weight_v"),
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+)
+
+
+def _dino_mlp(source: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """The MLP of a DINO head state dict as an index-keyed sequential (``mlp.*`` of DINO's and solo-learn's
+    ``DINOHead``, ``layers.*`` of lightly's ``DINOProjectionHead``; a one-layer ``mlp`` is layer 0), and its
+    key prefix inside the head."""
+    for prefix in ("mlp.", "layers."):
+        inner = _under(source, prefix)
+        if inner:
+            if all("." not in k for k in inner):  # a single Linear layer: mlp.weight, mlp.bias
+                return {f"0.{k}": v for k, v in inner.items()}, prefix
+            return inner, prefix
+    return {}, "mlp."
+
+
+def map_dino_head(
+    source: dict[str, Tensor], target: nn.Module, what: str, hint: str, *, prefix: str = ""
+) -> dict[str, Tensor]:
+    """A DINO head from a file (MLP, then the weight-normalised ``last_layer``) as ``target``'s state dict
+    (bissl's ``DINOHead``: ``mlp.*``, ``last_layer.weight_g``, ``last_layer.weight_v``).
+
+    The MLP is matched layer by layer as ``map_mlp`` does (widths name ``pretext.projector_hidden`` and
+    ``projector_dim``, the bottleneck); a head with BatchNorm (``use_bn_in_head``, lightly's
+    ``batch_norm=True``) is refused, as bissl's DINO head has none. The last layer's ``weight_v`` must be
+    ``pretext.dino_out_dim`` × bottleneck, and trained scales ``weight_g`` need
+    ``pretext.dino_norm_last_layer=false``."""
+    own = target.state_dict()
+    mlp_state, mlp_prefix = _dino_mlp(source)
+    last = _under(source, "last_layer.")
+    names = next((pair for pair in _WEIGHT_NORM_NAMES if all(n in last for n in pair)), None)
+    if not mlp_state or names is None:
+        raise CheckpointError(
+            f"the {what} ({prefix}*) is not a DINO head (an MLP under mlp.* or layers.*, then last_layer.weight_g "
+            f"and last_layer.weight_v; found {_first(sorted(source))}); {hint}"
+        )
+    try:
+        layers = _layers(mlp_state)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"the {what} ({prefix}{mlp_prefix}*) is not a plain MLP ({exc}); {hint}"
+        ) from None
+    batchnorm = next((layer for layer in layers if layer.kind == "bn"), None)
+    if batchnorm is not None:
+        raise CheckpointError(
+            f"the {what} has BatchNorm layers ({batchnorm.key(prefix + mlp_prefix)}: DINO's use_bn_in_head), "
+            f"which bissl's DINO head does not have; {hint}"
+        )
+    mlp_module: Any = getattr(target, "mlp")  # noqa: B009
+    out = {
+        f"mlp.{k}": v
+        for k, v in map_mlp(mlp_state, mlp_module, what, hint, prefix=prefix + mlp_prefix).items()
+    }
+    scale, direction = last[names[0]], last[names[1]]
+    mine_v, mine_g = own["last_layer.weight_v"], own["last_layer.weight_g"]
+    key_v = f"{prefix}last_layer.{names[1]}"
+    if direction.shape != mine_v.shape:
+        fix = (
+            f"set pretext.dino_out_dim={direction.shape[0]}, or "
+            if direction.ndim == 2 and direction.shape[1] == mine_v.shape[1]
+            else ""
+        )
+        raise CheckpointError(
+            f"the {what}'s last layer does not fit the configured one: {key_v}: checkpoint "
+            f"{list(direction.shape)}, model {list(mine_v.shape)}; {fix}{hint}"
+        )
+    scale = scale.reshape(mine_g.shape)
+    trained_scale = any(name == "last_layer.weight_g" for name, _ in target.named_parameters())
+    if not trained_scale and not bool((scale == 1).all()):
+        raise CheckpointError(
+            f"{prefix}last_layer.{names[0]}: the checkpoint's {what} has trained prototype scales (DINO's "
+            f"norm_last_layer=False), the configured one fixes them at 1; set pretext.dino_norm_last_layer=false, or "
+            f"{hint}"
+        )
+    out |= {"last_layer.weight_g": scale, "last_layer.weight_v": direction}
+    return {k: v.to(own[k].dtype) for k, v in out.items()}
+
+
+def _map_head(
+    source: dict[str, Tensor], target: nn.Module, what: str, hint: str, *, prefix: str = ""
+) -> dict[str, Tensor]:
+    """A head from a file as ``target``'s state dict: a DINO head (``map_dino_head``) or an MLP (``map_mlp``)."""
+    if hasattr(target, "last_layer"):
+        return map_dino_head(source, target, what, hint, prefix=prefix)
+    return map_mlp(source, target, what, hint, prefix=prefix)
+
+
 def _named(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
@@ -646,12 +924,15 @@ def _resolve_method(
     takes_head = parts.projector is not None and config.imported.projector
     backbone_alone = "pass imported.projector=false to import its backbone alone"
     if method is not None and method not in METHODS:
+        held = (
+            f"a model of {evidence}" if parts.method is not None else f"a {_named(method)} model ({evidence})"
+        )
         if takes_head:
             raise CheckpointError(
-                f"checkpoint '{source}' holds a model of {evidence}, a method bissl does not train "
+                f"checkpoint '{source}' holds {held}, a method bissl does not train "
                 f"(pretext.method: {', '.join(METHODS)}); {backbone_alone}"
             )
-        notes.append(f"the checkpoint holds a model of {evidence}; its backbone alone is imported")
+        notes.append(f"the checkpoint holds {held}; its backbone alone is imported")
     elif method is not None and method != wanted:
         if takes_head:
             raise CheckpointError(
@@ -700,10 +981,16 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
         raise ConfigError(
             "bissl import needs --layout NAME and --checkpoint FILE (imported.layout, .checkpoint)"
         )
-    if config.model.backbone not in RESNETS:
+    name = config.model.backbone
+    if name not in RESNETS + VIT_BACKBONES:
         raise ConfigError(
-            f"bissl import reads ResNets; set model.backbone to one of {', '.join(RESNETS)} "
-            f"(got {config.model.backbone!r})"
+            f"bissl import reads ResNets and ViTs; set model.backbone to one of "
+            f"{', '.join(RESNETS + VIT_BACKBONES)} (got {name!r})"
+        )
+    if name in VIT_BACKBONES and spec.layout not in VIT_LAYOUTS:
+        raise ConfigError(
+            f"imported.layout={spec.layout} holds ResNets; a ViT (model.backbone={name}) is read from the "
+            f"{', '.join(VIT_LAYOUTS)} layouts"
         )
     state, beside = read_checkpoint(spec.checkpoint, trust_pickle=spec.trust_pickle)
     head_state = (
@@ -716,13 +1003,17 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
         parts = split_layout(spec.layout, state, head_state, beside=beside, source=Path(spec.checkpoint))
     except CheckpointError as exc:
         raise CheckpointError(f"{describe}: {exc}") from None
-    notes = [f"dropped {item}" for item in parts.dropped]
+    notes = [f"dropped {item}" for item in parts.dropped] + parts.notes
+    _check_backbone_kind(parts.backbone, name, describe)
     method, evidence = _resolve_method(parts, config, str(spec.checkpoint), spec.layout, notes)
     conv1 = parts.backbone.get("conv1.weight")
-    channels = int(conv1.shape[1]) if conv1 is not None and conv1.ndim == 4 else 3
+    channels = _channels(parts.backbone)
     task = make_pretext(config, channels)
-    hint = f"check imported.layout, model.backbone={config.model.backbone} and model.stem={config.model.stem}"
-    task.backbone.load_state_dict(check_backbone(parts.backbone, task.backbone, describe, hint))
+    hint = f"check imported.layout, model.backbone={name}" + (
+        "" if name in VIT_BACKBONES else f" and model.stem={config.model.stem}"
+    )
+    fitted, pos_embed = fit_backbone(parts.backbone, task.backbone, config, describe, hint, notes)
+    task.backbone.load_state_dict(fitted)
     if spec.layout == "solo-learn" and conv1 is not None and conv1.shape[-1] == 3:
         notes.append(
             "solo-learn's CIFAR ResNets pad their 3x3 stem convolution by 2, model.stem=small by 1: the weights "
@@ -731,6 +1022,7 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
     try:
         projector = _import_head(task, config, parts, notes)
         target = _import_target(task, config, parts, projector, notes, describe, hint)
+        _import_center(task, parts, projector, notes)
     except CheckpointError as exc:
         raise CheckpointError(f"{describe}: {exc}") from None
     info = {
@@ -744,7 +1036,74 @@ def import_pretext(config: Config) -> tuple[PretextTask, dict[str, Any]]:
         "target": target,
         "notes": notes,
     }
+    if name in VIT_BACKBONES:
+        info["pos_embed"] = "resampled" if pos_embed else "as in the file"
     return task, info
+
+
+def _channels(backbone: dict[str, Tensor]) -> int:
+    """The input channels of a backbone state dict: its first convolution's (a ResNet's ``conv1``, a ViT's
+    patch embedding), else 3."""
+    for key in ("conv1.weight", "patch_embed.proj.weight"):
+        weight = backbone.get(key)
+        if weight is not None and weight.ndim == 4:
+            return int(weight.shape[1])
+    return 3
+
+
+def _check_backbone_kind(backbone: dict[str, Tensor], name: str, describe: str) -> None:
+    """Refuse in one line a ViT checkpoint for a configured ResNet and the reverse."""
+    vit_file, vit_model = is_vit_state(backbone), name in VIT_BACKBONES
+    if vit_file == vit_model or not backbone:
+        return
+    if vit_file:
+        shape = vit_shape_of(backbone)
+        fix = (
+            f"model.backbone={shape.named}"
+            if shape and shape.named
+            else "model.backbone=vit (and its vit_* keys)"
+        )
+        raise CheckpointError(
+            f"{describe} holds a ViT ({_first([k for k in backbone if not k.startswith('blocks.')])}, blocks.*) "
+            f"but model.backbone={name}; set {fix}"
+        )
+    raise CheckpointError(
+        f"{describe} holds a ResNet ({_first(list(backbone))}) but model.backbone={name} is a ViT; set "
+        f"model.backbone to the file's ResNet ({', '.join(RESNETS)})"
+    )
+
+
+def fit_backbone(
+    mapped: dict[str, Tensor],
+    backbone: nn.Module,
+    config: Config,
+    describe: str,
+    hint: str,
+    notes: list[str],
+) -> tuple[dict[str, Tensor], bool]:
+    """``mapped`` checked against ``backbone`` (``check_backbone``), a ViT's shape first
+    (``check_vit_shape``), its ``fc_norm`` renamed and its position embedding resampled to the configured
+    patch grid where the file's was made for another image size (notes say so; the flag says whether it
+    was)."""
+    resampled = False
+    if config.model.backbone in VIT_BACKBONES:
+        image_size = config.data.image_size
+        check_vit_shape(
+            mapped, backbone, describe=describe, configured=config.model.backbone, image_size=image_size
+        )
+        mapped, renamed = fc_norm_as_norm(mapped)
+        mapped, done = fit_position_embedding(
+            mapped,
+            backbone,
+            describe=describe,
+            image_size=image_size,
+            resample=config.imported.resample_pos_embed,
+        )
+        for note in (renamed, done):
+            if note is not None and note not in notes:
+                notes.append(note)
+        resampled = done is not None
+    return check_backbone(mapped, backbone, describe, hint), resampled
 
 
 def _head_modules(task: PretextTask) -> dict[str, nn.Module]:
@@ -775,7 +1134,7 @@ def _import_head(task: PretextTask, config: Config, parts: SourceParts, notes: l
         if source is None:
             continue
         prefix = parts.prefixes.get(name, "")
-        module.load_state_dict(map_mlp(source, module, name, hint, prefix=prefix))
+        module.load_state_dict(_map_head(source, module, name, hint, prefix=prefix))
         loaded.append(name)
     missing = [name for name in wanted if name not in loaded]
     if missing:
@@ -787,6 +1146,25 @@ def _import_head(task: PretextTask, config: Config, parts: SourceParts, notes: l
         return "absent"
     notes.append(f"imported the {' and '.join(loaded)}")
     return "imported"
+
+
+def _import_center(task: PretextTask, parts: SourceParts, projector: str, notes: list[str]) -> None:
+    """DINO: the file's loss centre (the running mean of the teacher's outputs) into the task's ``center``
+    buffer when the head was imported; without one in the file the centre starts at zero."""
+    center: Any = getattr(task, "center", None)
+    if not isinstance(center, Tensor) or projector != "imported":
+        return
+    if parts.center is None:
+        notes.append("no DINO loss centre in the file; the centre starts at zero")
+        return
+    if parts.center.numel() != center.numel():
+        raise CheckpointError(
+            f"the DINO loss centre in the file has {parts.center.numel()} entries, the configured head "
+            f"{center.numel()} logits (pretext.dino_out_dim)"
+        )
+    with torch.no_grad():
+        center.copy_(parts.center.reshape(center.shape))
+    notes.append("imported DINO's loss centre (the running mean of the teacher's outputs)")
 
 
 def _import_target(
@@ -814,11 +1192,12 @@ def _import_target(
     if projector == "imported" and len(held) == len(names):
         momentum_backbone = parts.momentum_backbone or {}
         momentum_projector = parts.momentum_projector or {}
-        target.backbone.load_state_dict(
-            check_backbone(momentum_backbone, target.backbone, f"its momentum backbone ({held[0]})", hint)
+        fitted, _ = fit_backbone(
+            momentum_backbone, target.backbone, config, f"its momentum backbone ({held[0]})", hint, notes
         )
+        target.backbone.load_state_dict(fitted)
         target.projector.load_state_dict(
-            map_mlp(
+            _map_head(
                 momentum_projector,
                 target.projector,
                 "momentum projector",
