@@ -230,8 +230,10 @@ def test_resuming_under_another_optimizer_is_refused_in_one_line(
         "finetune": [*TINY, f"backbone={pretext}", *FINETUNE],
     }[stage]
     assert _run([stage, "--out", str(tmp_path), *argv]) == 0
+    written = (tmp_path / "config.yaml").read_text()
     capsys.readouterr()
     assert _run([stage, "--out", str(tmp_path), "--resume", *argv, f"{key}=adamw"]) == 2
+    assert (tmp_path / "config.yaml").read_text() == written
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert f"holds {kind} optimiser state but this run sets {key}=adamw" in err, err

@@ -151,9 +151,9 @@ class PretextConfig:
     head_hidden_bn: bool = True
     """Projector and predictor (every method): a BatchNorm after each hidden Linear layer (false: Linear-ReLU, as solo-learn's and lightly's SimCLR projectors without batch norm; set head_hidden_bias=true with it)."""
     projector_warmup_steps: int = field(default=0, metadata=at_least(0, "0: off"))
-    """bilevel: LARS steps that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
+    """bilevel: optimiser steps (bilevel.lower_optimizer) that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
     projector_warmup_lr: float = field(default=1.0, metadata=POSITIVE)
-    """bilevel: peak LARS learning rate of the projector warm-up (10% linear warm-up, then cosine to bilevel.lower_final_lr_ratio of it)."""
+    """bilevel: peak learning rate of the projector warm-up (10% linear warm-up, then cosine to bilevel.lower_final_lr_ratio of it)."""
 
 
 @dataclass
@@ -193,7 +193,7 @@ class PretrainConfig:
     batch_size: int = field(default=1024, metadata=PRETEXT_BATCH)
     """Images per step (global: split across processes)."""
     optimizer: Literal["lars", "adamw"] = "lars"
-    """lars, or adamw (PyTorch's betas (0.9, 0.999); lr, weight_decay and the schedule as below; momentum unused)."""
+    """Optimiser: lars, or adamw (PyTorch's betas (0.9, 0.999), eps 1e-8; lr, weight_decay, clip_grad and the schedule apply; momentum and lars_eta unused)."""
     lr: float = field(default=4.8, metadata=POSITIVE)
     """Peak learning rate (not scaled by the batch size)."""
     weight_decay: float = field(default=1e-6, metadata=NON_NEGATIVE)
@@ -231,7 +231,7 @@ class WarmupConfig:
     epochs: int = field(default=20, metadata=COUNT)
     """Epochs of head training on the frozen backbone."""
     optimizer: Literal["sgd", "adamw"] | None = None
-    """sgd or adamw (PyTorch's betas; momentum unused; no weight decay on biases and norms) for the head (null: bilevel.upper_optimizer)."""
+    """Optimiser of the head: sgd or adamw (PyTorch's betas; momentum unused; no weight decay on the bias) (null: bilevel.upper_optimizer)."""
     lr: float | None = field(default=None, metadata=POSITIVE)
     """Learning rate (null: bilevel.upper_lr)."""
     weight_decay: float | None = field(default=None, metadata=NON_NEGATIVE)
@@ -352,7 +352,7 @@ class FinetuneConfig:
     batch_size: int = field(default=256, metadata=COUNT)
     """Labelled images per step."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    """sgd, or adamw (PyTorch's betas (0.9, 0.999); momentum unused; no weight decay on biases and norms); search trials use it too."""
+    """Optimiser: sgd, or adamw (PyTorch's betas (0.9, 0.999); momentum unused; no weight decay on biases and norms); search trials and seed runs use it too."""
     lr: float = field(default=0.01, metadata=POSITIVE)
     """Peak learning rate (cosine schedule); the search draws its own."""
     weight_decay: float = field(default=1e-4, metadata=NON_NEGATIVE)
