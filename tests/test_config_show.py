@@ -7,6 +7,7 @@ import inspect
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,7 +104,14 @@ def test_every_stage_help_names_its_sections_and_points_to_config_show(
 
 def test_shipped_configs_resolve_by_name_and_paths_still_work(tmp_path: Path) -> None:
     names = shipped_configs()
-    assert {"demo", "demo-quick", "paper-v1-resnet18-stl10", "smoke-ddp"} <= set(names)
+    assert {
+        "demo",
+        "demo-quick",
+        "demo-vit",
+        "demo-vit-quick",
+        "paper-v1-resnet18-stl10",
+        "smoke-ddp",
+    } <= set(names)
     assert resolve_config("demo") == SHIPPED_CONFIGS / "demo.yaml"
     assert load_config("demo-quick") == load_config(str(SHIPPED_CONFIGS / "demo-quick.yaml"))
     own = tmp_path / "mine.yaml"
@@ -140,13 +148,25 @@ def test_demo_uses_the_shipped_configs_from_any_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     asked: list[str | None] = []
-    monkeypatch.setattr(cli, "_run_stage", lambda stage, args, path, literal: asked.append(path) or 0)
+    outs: list[str] = []
+
+    def run_stage(stage: object, args: Any, path: str | None, literal: object) -> int:
+        asked.append(path)
+        outs.append(args.out)
+        return 0
+
+    monkeypatch.setattr(cli, "_run_stage", run_stage)
     assert cli.main(["demo", "--quick"]) == 0
     assert cli.main(["demo"]) == 0
+    assert cli.main(["demo", "--vit"]) == 0
+    assert cli.main(["demo", "--vit", "--quick", "--out", "elsewhere"]) == 0
     assert [resolve_config(str(p)) for p in asked] == [
         SHIPPED_CONFIGS / "demo-quick.yaml",
         SHIPPED_CONFIGS / "demo.yaml",
+        SHIPPED_CONFIGS / "demo-vit.yaml",
+        SHIPPED_CONFIGS / "demo-vit-quick.yaml",
     ]
+    assert outs == ["runs/demo", "runs/demo", "runs/demo-vit", "elsewhere"]
 
 
 def test_repository_configs_folder_is_a_relative_link_that_git_stores() -> None:

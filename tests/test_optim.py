@@ -1,14 +1,26 @@
-"""LARS and the per-step schedules against hand computations."""
+"""LARS and the per-step schedules against hand computations; the optimiser factory against the optimisers
+built directly."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import pytest
 import torch
 from torch import nn
 
-from bissl.optim import LARS, lars_groups, warmup_cosine
+from bissl.errors import CheckpointError
+from bissl.optim import (
+    LARS,
+    decay_groups,
+    lars_groups,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_kind,
+    saved_optimizer_kind,
+    warmup_cosine,
+)
 
 
 def test_lars_step_hand_computed() -> None:
@@ -66,3 +78,117 @@ def test_warmup_cosine_endpoints() -> None:
     assert math.isclose(warmup_cosine(100, total, warm, base, final), final)
     values = [warmup_cosine(s, total, warm, base, final) for s in range(10, 100)]
     assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 4) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        inputs = torch.randn(8, 5, generator=generator)
+        targets = torch.randint(0, 3, (8,), generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_the_factory_builds_lars_and_sgd_exactly_as_the_stages_built_them_before(exclude: bool) -> None:
+    """Same groups, same settings, bit-identical weights and state after a few steps."""
+    cases = {
+        "lars": lambda m: LARS(
+            lars_groups(m.named_parameters(), exclude), lr=0.3, momentum=0.8, weight_decay=1e-3, eta=0.02
+        ),
+        "sgd": lambda m: torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.8, weight_decay=1e-3),
+    }
+    for kind, direct in cases.items():
+        a, b = _model(), _model()
+        built = make_optimizer(
+            kind,
+            list(a.named_parameters()),
+            lr=0.3,
+            momentum=0.8,
+            weight_decay=1e-3,
+            exclude_bias_norm=exclude,
+            lars_eta=0.02,
+        )
+        reference = direct(b)
+        assert type(built) is type(reference) and optimizer_kind(built) == kind
+        assert [
+            {k: v for k, v in g.items() if k != "params"} for g in built.state_dict()["param_groups"]
+        ] == [{k: v for k, v in g.items() if k != "params"} for g in reference.state_dict()["param_groups"]]
+        for left, right in zip(_train(a, built), _train(b, reference), strict=True):
+            assert torch.equal(left, right), kind
+
+
+def test_adamw_has_pytorch_defaults_and_no_weight_decay_on_biases_and_norms() -> None:
+    model = _model()
+    named = list(model.named_parameters())
+    optimizer = make_optimizer("adamw", named, lr=1e-3, weight_decay=0.05, momentum=0.9)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer_kind(optimizer) == "adamw"
+    decayed, plain = optimizer.param_groups
+    assert [p.ndim for p in decayed["params"]] == [2, 2] and decayed["weight_decay"] == 0.05
+    assert all(p.ndim == 1 for p in plain["params"]) and len(plain["params"]) == 4
+    assert plain["weight_decay"] == 0.0
+    for group in optimizer.param_groups:
+        assert (group["betas"], group["eps"], group["lr"], group["amsgrad"]) == (
+            (0.9, 0.999),
+            1e-8,
+            1e-3,
+            False,
+        )
+    assert (
+        len(
+            make_optimizer(
+                "adamw", named, lr=1e-3, weight_decay=0.05, momentum=0.9, exclude_bias_norm=False
+            ).param_groups
+        )
+        == 1
+    )
+    # the same updates as torch.optim.AdamW over the same groups
+    reference_model = _model()
+    reference = torch.optim.AdamW(
+        decay_groups(reference_model.named_parameters()), lr=1e-3, weight_decay=0.05
+    )
+    for left, right in zip(_train(model, optimizer), _train(reference_model, reference), strict=True):
+        assert torch.equal(left, right)
+
+
+def test_frozen_parameters_are_left_out_of_adamw_groups() -> None:
+    model = _model()
+    model[0].requires_grad_(False)
+    optimizer = make_optimizer(
+        "adamw", list(model.named_parameters()), lr=1e-3, weight_decay=0.0, momentum=0.0
+    )
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 4
+
+
+def test_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown optimiser kind 'adam'"):
+        make_optimizer("adam", list(_model().named_parameters()), lr=1.0, weight_decay=0.0, momentum=0.0)
+
+
+def test_saved_state_tells_its_kind_and_another_kind_is_refused_in_one_line() -> None:
+    states = {}
+    for kind in ("lars", "sgd", "adamw"):
+        model = _model()
+        optimizer = make_optimizer(
+            kind, list(model.named_parameters()), lr=0.1, weight_decay=0.0, momentum=0.9
+        )
+        _train(model, optimizer, steps=1)
+        states[kind] = optimizer.state_dict()
+        assert saved_optimizer_kind(states[kind]) == kind
+    assert saved_optimizer_kind({}) is None
+    model = _model()
+    adamw = make_optimizer("adamw", list(model.named_parameters()), lr=0.1, weight_decay=0.0, momentum=0.9)
+    load_optimizer_state(adamw, states["adamw"], "finetune.optimizer")
+    assert len(adamw.state) == 6
+    with pytest.raises(CheckpointError) as error:
+        load_optimizer_state(adamw, states["sgd"], "finetune.optimizer")
+    message = str(error.value)
+    assert "holds SGD optimiser state but this run sets finetune.optimizer=adamw" in message
+    assert "use finetune.optimizer=sgd" in message and "\n" not in message

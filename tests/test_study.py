@@ -158,6 +158,14 @@ def test_extra_pretext_matches_the_lower_level_work() -> None:
     assert longer.pretrain.lr == config.bilevel.lower_lr
     assert longer.pretrain.batch_size == config.bilevel.lower_batch_size
     assert longer.pretrain.clip_grad == config.bilevel.clip_grad
+    assert longer.pretrain.optimizer == config.bilevel.lower_optimizer == "lars"
+    adamw = arm_config(
+        load_config(None, [*SETTINGS, "bilevel.lower_optimizer=adamw"]),
+        StudyArm(name="x"),
+        seed=7,
+        pretext="p.pt",
+    )
+    assert extra_pretext_config(adamw, "p.pt").pretrain.optimizer == "adamw"
 
 
 def test_killed_study_resumes_without_redoing_parts(tmp_path: Path) -> None:

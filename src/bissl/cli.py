@@ -364,11 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="compare on embedded data (shipped config demo): SimCLR on Fashion-MNIST -> digits",
-        description="'bissl compare' with the shipped config demo (--quick: demo-quick); runs from any folder",
+        description="'bissl compare' with the shipped config demo (--quick: demo-quick; --vit: demo-vit, "
+        "DINO and a tiny ViT; both: demo-vit-quick); runs from any folder",
         epilog=_sections_epilog(()),
     )
-    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    demo.add_argument("--out", help="run folder (default runs/demo, with --vit runs/demo-vit)")
     demo.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (config demo-quick)")
+    demo.add_argument(
+        "--vit", action="store_true", help="DINO and a tiny ViT trained with AdamW (config demo-vit)"
+    )
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     demo.add_argument("--force", action="store_true", help="reuse an --out folder made with another config")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
@@ -623,7 +627,9 @@ def _main(argv: list[str] | None) -> int:
         if args.command in TOOLS:
             return TOOLS[args.command].run(args)
         if args.command == "demo":
-            return _run_stage(STAGES["compare"], args, "demo-quick" if args.quick else "demo", {})
+            name = ("demo-vit" if args.vit else "demo") + ("-quick" if args.quick else "")
+            args.out = args.out or ("runs/demo-vit" if args.vit else "runs/demo")
+            return _run_stage(STAGES["compare"], args, name, {})
         stage = STAGES[args.command]
         literal = {key: getattr(args, flag) for flag, key in stage.flag_keys.items() if getattr(args, flag)}
         if args.command == "study" and args.plan:

@@ -34,6 +34,7 @@ PART_READS: dict[str, tuple[str, ...]] = {
         "augment",
         "warmup",
         "logging",
+        "bilevel.upper_optimizer",
         "bilevel.upper_lr",
         "bilevel.upper_weight_decay",
     ),

@@ -140,6 +140,7 @@ def extra_pretext_config(config: Config, pretext: str) -> Config:
         config.pretrain,
         steps=steps,
         batch_size=lower.lower_batch_size,
+        optimizer=lower.lower_optimizer,
         lr=lower.lower_lr,
         weight_decay=lower.lower_weight_decay,
         momentum=lower.lower_momentum,

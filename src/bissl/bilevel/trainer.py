@@ -38,7 +38,7 @@ from bissl.bilevel.phase import (
 )
 from bissl.bilevel.solvers import SolveResult, Vectors
 from bissl.config import BilevelConfig
-from bissl.optim import LARS, lars_groups, set_lr, warmup_cosine
+from bissl.optim import load_optimizer_state, make_optimizer, set_lr, warmup_cosine
 from bissl.precision import autocast
 from bissl.pretext.base import PretextTask
 from bissl.runtime import NonFiniteGuard
@@ -113,16 +113,26 @@ class BilevelTrainer:
         s = settings
         named = [(n, p) for n, p in lower.named_parameters() if not n.startswith("target.")]
         self.lower_parameters = [p for _, p in named]
-        self.lower_optimizer = LARS(
-            lars_groups(named, lars_exclude_bias_norm),
+        self.lower_optimizer = make_optimizer(
+            s.lower_optimizer,
+            named,
             lr=s.lower_lr,
             momentum=s.lower_momentum,
             weight_decay=s.lower_weight_decay,
-            eta=lars_eta,
+            exclude_bias_norm=lars_exclude_bias_norm,
+            lars_eta=lars_eta,
         )
-        self.upper_parameters = [*upper_backbone.parameters(), *upper_head.parameters()]
-        self.upper_optimizer = torch.optim.SGD(
-            self.upper_parameters, lr=s.upper_lr, momentum=s.upper_momentum, weight_decay=s.upper_weight_decay
+        upper_named = [
+            *((f"backbone.{n}", p) for n, p in upper_backbone.named_parameters()),
+            *((f"head.{n}", p) for n, p in upper_head.named_parameters()),
+        ]
+        self.upper_parameters = [p for _, p in upper_named]
+        self.upper_optimizer = make_optimizer(
+            s.upper_optimizer,
+            upper_named,
+            lr=s.upper_lr,
+            momentum=s.upper_momentum,
+            weight_decay=s.upper_weight_decay,
         )
         self.alternation = 0
         self.guard = NonFiniteGuard(max_nonfinite)
@@ -179,7 +189,8 @@ class BilevelTrainer:
         }
 
     def upper_phase(self) -> dict[str, float]:
-        """``upper_steps`` SGD steps on the implicit upper gradient, all products on one Hessian batch.
+        """``upper_steps`` optimiser steps (SGD by default) on the implicit upper gradient, all products on one
+        Hessian batch.
 
         With diagnostics due, adaptive damping or ``solver=lowrank``, the phase starts with Lanczos / basis
         products on the phase's operator; ``products`` counts every product the phase spent.
@@ -332,8 +343,8 @@ class BilevelTrainer:
         self.lower.load_state_dict(state["lower"])
         self.upper_backbone.load_state_dict(state["upper_backbone"])
         self.upper_head.load_state_dict(state["upper_head"])
-        self.lower_optimizer.load_state_dict(state["lower_optimizer"])
-        self.upper_optimizer.load_state_dict(state["upper_optimizer"])
+        load_optimizer_state(self.lower_optimizer, state["lower_optimizer"], "bilevel.lower_optimizer")
+        load_optimizer_state(self.upper_optimizer, state["upper_optimizer"], "bilevel.upper_optimizer")
         self.alternation = int(state["alternation"])
         self.guard.load_state_dict(state["guard"])
 

@@ -151,9 +151,9 @@ class PretextConfig:
     head_hidden_bn: bool = True
     """Projector and predictor (every method): a BatchNorm after each hidden Linear layer (false: Linear-ReLU, as solo-learn's and lightly's SimCLR projectors without batch norm; set head_hidden_bias=true with it)."""
     projector_warmup_steps: int = field(default=0, metadata=at_least(0, "0: off"))
-    """bilevel: LARS steps that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
+    """bilevel: optimiser steps (bilevel.lower_optimizer) that train the pretext head on the frozen backbone before the alternations (needed when the pretext checkpoint was imported without a projector)."""
     projector_warmup_lr: float = field(default=1.0, metadata=POSITIVE)
-    """bilevel: peak LARS learning rate of the projector warm-up (10% linear warm-up, then cosine to bilevel.lower_final_lr_ratio of it)."""
+    """bilevel: peak learning rate of the projector warm-up (10% linear warm-up, then cosine to bilevel.lower_final_lr_ratio of it)."""
 
 
 @dataclass
@@ -184,7 +184,7 @@ class AugmentConfig:
 
 @dataclass
 class PretrainConfig:
-    """Pretext pretraining with LARS and a per-step warm-up + cosine schedule."""
+    """Pretext pretraining with LARS (or AdamW) and a per-step warm-up + cosine schedule."""
 
     epochs: int = field(default=500, metadata=COUNT)
     """Pretraining epochs over the pretext set (ignored when steps is set)."""
@@ -192,12 +192,14 @@ class PretrainConfig:
     """Total optimiser steps, in place of epochs (null: epochs x batches per epoch)."""
     batch_size: int = field(default=1024, metadata=PRETEXT_BATCH)
     """Images per step (global: split across processes)."""
+    optimizer: Literal["lars", "adamw"] = "lars"
+    """Optimiser: lars, or adamw (PyTorch's betas (0.9, 0.999), eps 1e-8; lr, weight_decay, clip_grad and the schedule apply; momentum and lars_eta unused)."""
     lr: float = field(default=4.8, metadata=POSITIVE)
-    """Peak LARS learning rate (not scaled by the batch size)."""
+    """Peak learning rate (not scaled by the batch size)."""
     weight_decay: float = field(default=1e-6, metadata=NON_NEGATIVE)
-    """LARS weight decay."""
+    """Weight decay (decoupled with adamw)."""
     momentum: float = field(default=0.9, metadata=MOMENTUM)
-    """LARS momentum."""
+    """LARS momentum (unused with adamw)."""
     warmup_epochs: float = field(default=10.0, metadata=NON_NEGATIVE)
     """Linear learning-rate warm-up, in epochs, before the cosine decay."""
     final_lr_ratio: float = field(default=0.0, metadata=PROBABILITY)
@@ -205,7 +207,7 @@ class PretrainConfig:
     lars_eta: float = field(default=0.001, metadata=POSITIVE)
     """LARS trust coefficient."""
     lars_exclude_bias_norm: bool = True
-    """Exempt biases and normalisation parameters from weight decay and the trust ratio."""
+    """Exempt biases and normalisation parameters from weight decay and the trust ratio (with adamw: from weight decay)."""
     clip_grad: float | None = field(default=None, metadata=POSITIVE)
     """Clip the gradient norm at this value (null: no clipping)."""
     log_every: int = field(default=10, metadata=COUNT)
@@ -228,12 +230,14 @@ class WarmupConfig:
 
     epochs: int = field(default=20, metadata=COUNT)
     """Epochs of head training on the frozen backbone."""
+    optimizer: Literal["sgd", "adamw"] | None = None
+    """Optimiser of the head: sgd or adamw (PyTorch's betas; momentum unused; no weight decay on the bias) (null: bilevel.upper_optimizer)."""
     lr: float | None = field(default=None, metadata=POSITIVE)
-    """SGD learning rate (null: bilevel.upper_lr)."""
+    """Learning rate (null: bilevel.upper_lr)."""
     weight_decay: float | None = field(default=None, metadata=NON_NEGATIVE)
-    """SGD weight decay (null: bilevel.upper_weight_decay)."""
+    """Weight decay (null: bilevel.upper_weight_decay)."""
     momentum: float = field(default=0.9, metadata=MOMENTUM)
-    """SGD momentum."""
+    """SGD momentum (unused with adamw)."""
     batch_size: int = field(default=256, metadata=COUNT)
     """Labelled images per step."""
     backbone_bn_mode: Literal["train", "eval"] = "train"
@@ -283,22 +287,26 @@ class BilevelConfig:
     """Pretext images per lower step."""
     upper_batch_size: int = field(default=256, metadata=COUNT)
     """Labelled images per upper step."""
+    lower_optimizer: Literal["lars", "adamw"] = "lars"
+    """Optimiser of the lower level and of the projector warm-up: lars, or adamw (PyTorch's betas; lower_momentum unused)."""
     lower_lr: float = field(default=1.0, metadata=POSITIVE)
-    """Peak LARS learning rate of the lower level."""
+    """Peak learning rate of the lower level."""
     lower_weight_decay: float = field(default=1e-6, metadata=NON_NEGATIVE)
-    """LARS weight decay of the lower level."""
+    """Weight decay of the lower level (decoupled with adamw)."""
     lower_momentum: float = field(default=0.9, metadata=MOMENTUM)
-    """LARS momentum of the lower level."""
+    """LARS momentum of the lower level (unused with adamw)."""
     lower_warmup_steps: int = field(default=200, metadata=NON_NEGATIVE)
     """Linear warm-up of the lower learning rate, in lower steps, before its cosine over all lower steps."""
     lower_final_lr_ratio: float = field(default=0.001, metadata=PROBABILITY)
     """Lower learning rate at the end of the cosine, as a fraction of the peak."""
+    upper_optimizer: Literal["sgd", "adamw"] = "sgd"
+    """Optimiser of the upper level: sgd, or adamw (PyTorch's betas; upper_momentum unused; no weight decay on biases and norms)."""
     upper_lr: float = field(default=0.03, metadata=POSITIVE)
-    """Peak SGD learning rate of the upper level (cosine over all upper steps, no warm-up)."""
+    """Peak learning rate of the upper level (cosine over all upper steps, no warm-up)."""
     upper_weight_decay: float = field(default=1e-3, metadata=NON_NEGATIVE)
-    """SGD weight decay of the upper level."""
+    """Weight decay of the upper level (decoupled with adamw)."""
     upper_momentum: float = field(default=0.9, metadata=MOMENTUM)
-    """SGD momentum of the upper level."""
+    """SGD momentum of the upper level (unused with adamw)."""
     upper_final_lr_ratio: float = field(default=0.001, metadata=PROBABILITY)
     """Upper learning rate at the end of the cosine, as a fraction of the peak."""
     clip_grad: float = field(default=10.0, metadata=POSITIVE)
@@ -310,7 +318,7 @@ class BilevelConfig:
     checkpoint_every: int = field(default=10, metadata=COUNT)
     """Alternations between checkpoints."""
     lower_lars_exclude_bias_norm: bool | None = None
-    """Lower-level LARS leaves biases and norm parameters without weight decay and trust ratio (null: as pretrain.lars_exclude_bias_norm)."""
+    """Lower-level LARS leaves biases and norm parameters without weight decay and trust ratio, AdamW without weight decay (null: as pretrain.lars_exclude_bias_norm)."""
     curvature: Literal["hessian", "ggn"] = "hessian"
     """Curvature in the implicit system: the pretext Hessian, or its Gauss–Newton part (PSD)."""
     lowrank_rank: int = field(default=10, metadata=COUNT)
@@ -343,12 +351,14 @@ class FinetuneConfig:
     """Fine-tuning epochs."""
     batch_size: int = field(default=256, metadata=COUNT)
     """Labelled images per step."""
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    """Optimiser: sgd, or adamw (PyTorch's betas (0.9, 0.999); momentum unused; no weight decay on biases and norms); search trials and seed runs use it too."""
     lr: float = field(default=0.01, metadata=POSITIVE)
-    """Peak SGD learning rate (cosine schedule); the search draws its own."""
+    """Peak learning rate (cosine schedule); the search draws its own."""
     weight_decay: float = field(default=1e-4, metadata=NON_NEGATIVE)
-    """SGD weight decay; the search draws its own."""
+    """Weight decay (decoupled with adamw); the search draws its own."""
     momentum: float = field(default=0.9, metadata=MOMENTUM)
-    """SGD momentum."""
+    """SGD momentum (unused with adamw)."""
     final_lr_ratio: float = field(default=0.0, metadata=PROBABILITY)
     """Learning rate at the end of the cosine, as a fraction of the peak (the authors': 0.001)."""
     eval_every: int = field(default=1, metadata=COUNT)

@@ -1,4 +1,4 @@
-"""The supervised steps shared by head warm-up and fine-tuning: SGD with momentum over an endless, resumable
+"""The supervised steps shared by head warm-up and fine-tuning: SGD with momentum (or AdamW) over an endless, resumable
 batch stream, evaluation at epoch ends and best-on-validation tracking, run as a resumable stage loop
 (``train/loop.py``: checkpoints every ``checkpoint_every`` epochs, exact resume, clean stops)."""
 
@@ -17,10 +17,10 @@ from bissl.data.registry import TensorDataset
 from bissl.data.stream import BatchStream
 from bissl.downstream import DownstreamTask
 from bissl.models.batchnorm import recompute_batchnorm_statistics
-from bissl.optim import clip_grad_norm, set_lr, warmup_cosine
+from bissl.optim import clip_grad_norm, make_optimizer, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, RunDir
-from bissl.train.loop import Part, StageLoop
+from bissl.train.loop import Part, StageLoop, optimizer_part
 
 
 @torch.no_grad()
@@ -78,6 +78,8 @@ class ClassifierSettings:
     lr: float
     weight_decay: float
     momentum: float = 0.9
+    optimizer: str = "sgd"
+    """sgd or adamw (``bissl.optim.make_optimizer``; the config key is ``<stage>.optimizer``)."""
     cosine: bool = True
     final_lr_ratio: float = 0.0
     train_backbone: bool = True
@@ -117,13 +119,18 @@ def fit_classifier(
         distributed.convert_sync_batchnorm(backbone)
     distributed.reseed_per_rank(settings.seed)
     channels_last(backbone, settings.channels_last)
-    parameters = [*head.parameters()]
+    named = [(f"head.{n}", p) for n, p in head.named_parameters()]
     if settings.train_backbone:
-        parameters = [*backbone.parameters(), *parameters]
+        named = [*((f"backbone.{n}", p) for n, p in backbone.named_parameters()), *named]
     else:
         backbone.requires_grad_(False)
-    optimizer = torch.optim.SGD(
-        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    parameters = [p for _, p in named]
+    optimizer = make_optimizer(
+        settings.optimizer,
+        named,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
     )
     world = distributed.world_size()
     train = data["train"]
@@ -147,7 +154,7 @@ def fit_classifier(
         parts={
             "backbone": backbone,
             "head": head,
-            "optimizer": optimizer,
+            "optimizer": optimizer_part(optimizer, f"{settings.stage}.optimizer"),
             "stream": stream,
             # a resumed run fills the still-empty record list and best record from the checkpoint
             "history": Part(lambda: history, history.extend),

@@ -23,7 +23,8 @@ def finetune_settings(
     epochs: int | None = None,
     seed: int | None = None,
 ) -> ClassifierSettings:
-    """SGD with momentum and a per-step cosine schedule (no warm-up) to ``finetune.final_lr_ratio`` of the peak."""
+    """``finetune.optimizer`` (SGD with momentum by default, or AdamW) and a per-step cosine schedule (no
+    warm-up) to ``finetune.final_lr_ratio`` of the peak; search trials and seed runs come through here too."""
     f = config.finetune
     return ClassifierSettings(
         stage="finetune",
@@ -32,6 +33,7 @@ def finetune_settings(
         lr=lr if lr is not None else f.lr,
         weight_decay=weight_decay if weight_decay is not None else f.weight_decay,
         momentum=f.momentum,
+        optimizer=f.optimizer,
         cosine=True,
         final_lr_ratio=f.final_lr_ratio,
         train_backbone=True,

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.optim import Optimizer
 
 from bissl import distributed
 from bissl.checkpoint import check_architecture, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from bissl.optim import load_optimizer_state
 from bissl.runtime import GracefulStop, NonFiniteGuard, progress, say
 
 
@@ -55,6 +57,12 @@ class Part:
 
     def load_state_dict(self, state: Any, /) -> None:
         self.load(state)
+
+
+def optimizer_part(optimizer: Optimizer, key: str) -> Part:
+    """An optimiser as a part of the saved state whose restore refuses, in one line naming the config key
+    ``key``, a state saved by another kind of optimiser (``bissl.optim.load_optimizer_state``)."""
+    return Part(optimizer.state_dict, lambda state: load_optimizer_state(optimizer, state, key))
 
 
 StepFunction = Callable[[int], Mapping[str, object] | None]

@@ -1,4 +1,4 @@
-"""Pretext pretraining: LARS, per-step warm-up + cosine, optional clipping and a k-NN monitor, run as a
+"""Pretext pretraining: LARS (or AdamW, ``pretrain.optimizer``), per-step warm-up + cosine, optional clipping and a k-NN monitor, run as a
 resumable stage loop (``train/loop.py``: atomic checkpoints, exact resume, clean stops, non-finite guard)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from bissl import distributed
 from bissl.config import Config
 from bissl.data.registry import TensorDataset
 from bissl.eval import extract_features, knn_accuracy
-from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
+from bissl.optim import clip_grad_norm, make_optimizer, set_lr, warmup_cosine
 from bissl.precision import autocast, channels_last
 from bissl.runtime import GracefulStop, RunDir, resolve_device, say, seed_everything
 from bissl.train.checkpoint_formats import load_pretext, save_backbone, save_pretext
@@ -24,7 +24,7 @@ from bissl.train.data_sources import (
     make_two_view,
     pretext_stream,
 )
-from bissl.train.loop import StageLoop
+from bissl.train.loop import StageLoop, optimizer_part
 from bissl.train.model_factory import architecture, make_pretext
 
 
@@ -77,12 +77,14 @@ def pretrain(
     distributed.reseed_per_rank(config.seed)
     augment = make_two_view(config, data).to(device)
     named = [(n, p) for n, p in task.named_parameters() if not n.startswith("target.")]
-    optimizer = LARS(
-        lars_groups(named, settings.lars_exclude_bias_norm),
+    optimizer = make_optimizer(
+        settings.optimizer,
+        named,
         lr=settings.lr,
         momentum=settings.momentum,
         weight_decay=settings.weight_decay,
-        eta=settings.lars_eta,
+        exclude_bias_norm=settings.lars_exclude_bias_norm,
+        lars_eta=settings.lars_eta,
     )
     world = distributed.world_size()
     stream = pretext_stream(
@@ -103,7 +105,7 @@ def pretrain(
         checkpoint=run.last_checkpoint,
         stage="pretrain-state",
         architecture=architecture(config, data.channels),
-        parts={"task": task, "optimizer": optimizer, "stream": stream},
+        parts={"task": task, "optimizer": optimizer_part(optimizer, "pretrain.optimizer"), "stream": stream},
         max_nonfinite=config.max_nonfinite,
         every=settings.checkpoint_every,
         stop=stop,

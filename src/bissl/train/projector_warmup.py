@@ -2,13 +2,13 @@
 
 The lower level starts from (θ, φ_P). A checkpoint imported from a release without a projector has an untrained
 φ_P, and the first lower steps would then move θ along the gradient of a random head. So
-``pretext.projector_warmup_steps`` LARS steps on the pretext loss train the head alone first: the backbone's
+``pretext.projector_warmup_steps`` optimiser steps on the pretext loss train the head alone first: the backbone's
 parameters get no gradient and its BatchNorm running statistics are restored afterwards (the forward uses batch
 statistics, as the lower level does).
 
-Optimiser: LARS like the lower level (its parameter groups, ``bilevel.lower_weight_decay``, ``lower_momentum``),
-peak lr ``pretext.projector_warmup_lr``, 10% linear warm-up then cosine to ``bilevel.lower_final_lr_ratio`` of
-the peak, gradient clipping at ``bilevel.clip_grad``. Batches come from a pretext stream of their own (seed + 2),
+Optimiser: the lower level's (``bilevel.lower_optimizer``, LARS by default, with its parameter groups,
+``bilevel.lower_weight_decay`` and ``lower_momentum``), peak lr ``pretext.projector_warmup_lr``, 10% linear
+warm-up then cosine to ``bilevel.lower_final_lr_ratio`` of the peak, gradient clipping at ``bilevel.clip_grad``. Batches come from a pretext stream of their own (seed + 2),
 so the alternations see the same data with or without a warm-up. It runs as a resumable stage loop
 (``train/loop.py``): head, optimiser, stream, non-finite counter and RNG are saved to
 ``checkpoints/projector_warmup.pt`` every ``bilevel.checkpoint_every × bilevel.lower_steps`` steps, when stopped
@@ -28,19 +28,19 @@ from bissl.data.augment import TwoViewAugment
 from bissl.data.folder_stream import DiskDataset
 from bissl.data.registry import TensorDataset
 from bissl.errors import ConfigError
-from bissl.optim import LARS, clip_grad_norm, lars_groups, set_lr, warmup_cosine
+from bissl.optim import clip_grad_norm, make_optimizer, set_lr, warmup_cosine
 from bissl.precision import autocast
 from bissl.pretext import PretextTask
 from bissl.runtime import GracefulStop, RunDir, say
 from bissl.train.data_sources import pretext_stream
-from bissl.train.loop import Part, StageLoop
+from bissl.train.loop import Part, StageLoop, optimizer_part
 
 WARMUP_FILE = "projector_warmup.pt"
 WARMUP_STAGE = "projector-warmup-state"
 
 
 def lower_exclude_bias_norm(config: Config) -> bool:
-    """Whether the lower level's LARS leaves biases and norms out (bilevel knob, else pretraining's)."""
+    """Whether the lower level's optimiser leaves biases and norms out (bilevel knob, else pretraining's)."""
     chosen = config.bilevel.lower_lars_exclude_bias_norm
     return config.pretrain.lars_exclude_bias_norm if chosen is None else chosen
 
@@ -73,12 +73,14 @@ def warm_projector(
         return None
     s = config.bilevel
     head_parameters = [(f"head.{n}", p) for n, p in task.head.named_parameters()]
-    optimizer = LARS(
-        lars_groups(head_parameters, lower_exclude_bias_norm(config)),
+    optimizer = make_optimizer(
+        s.lower_optimizer,
+        head_parameters,
         lr=config.pretext.projector_warmup_lr,
         momentum=s.lower_momentum,
         weight_decay=s.lower_weight_decay,
-        eta=config.pretrain.lars_eta,
+        exclude_bias_norm=lower_exclude_bias_norm(config),
+        lars_eta=config.pretrain.lars_eta,
     )
     stream = pretext_stream(
         config,
@@ -98,7 +100,11 @@ def warm_projector(
         total,
         checkpoint=run.checkpoints / WARMUP_FILE,
         stage=WARMUP_STAGE,
-        parts={"head": head_state, "optimizer": optimizer, "stream": stream},
+        parts={
+            "head": head_state,
+            "optimizer": optimizer_part(optimizer, "bilevel.lower_optimizer"),
+            "stream": stream,
+        },
         max_nonfinite=config.max_nonfinite,
         every=max(1, s.checkpoint_every * s.lower_steps),
         stop=stop,

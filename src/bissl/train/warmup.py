@@ -17,7 +17,7 @@ from bissl.train.model_factory import architecture
 
 
 def warmup_settings(config: Config) -> ClassifierSettings:
-    """SGD with momentum, lr and wd of the upper level unless set, no schedule (the reference)."""
+    """SGD with momentum (the reference), optimiser, lr and wd of the upper level unless set, no schedule."""
     w = config.warmup
     return ClassifierSettings(
         stage="warmup",
@@ -26,6 +26,7 @@ def warmup_settings(config: Config) -> ClassifierSettings:
         lr=w.lr if w.lr is not None else config.bilevel.upper_lr,
         weight_decay=w.weight_decay if w.weight_decay is not None else config.bilevel.upper_weight_decay,
         momentum=w.momentum,
+        optimizer=w.optimizer if w.optimizer is not None else config.bilevel.upper_optimizer,
         cosine=False,
         train_backbone=False,
         backbone_train_mode=w.backbone_bn_mode == "train",

@@ -74,6 +74,8 @@ def search_fingerprint(config: Config) -> dict[str, Any]:
         fingerprint["data"]["channels"] = data.channels
     if config.finetune.final_lr_ratio != 0.0:  # likewise: only when set
         fingerprint["finetune"]["final_lr_ratio"] = config.finetune.final_lr_ratio
+    if config.finetune.optimizer != "sgd":  # likewise: only when set
+        fingerprint["finetune"]["optimizer"] = config.finetune.optimizer
     if config.search.folds != 1:  # likewise: only when set
         fingerprint["folds"] = config.search.folds
     return fingerprint
